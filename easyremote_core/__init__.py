@@ -1,0 +1,60 @@
+"""The transport-neutral core of EasyRemote: interfaces, protocol, plugins, gateway, node and client."""
+
+from __future__ import annotations
+
+from ._address import Address, parse_address
+from ._errors import (
+    AuthenticationError,
+    CallTimeoutError,
+    ConfigurationError,
+    ConnectionLostError,
+    EasyRemoteError,
+    GatewayUnavailableError,
+    MessageTooLargeError,
+    NodeBusyError,
+    NodeLostError,
+    NoNodeAvailableError,
+    PluginNotFoundError,
+    ProtocolError,
+    RemoteExecutionError,
+)
+from ._plugins import PluginEntry, PluginManager, get_plugin_manager, reset_plugin_manager
+from ._probes import HealthProbe, LinkDead, LinkHealth
+from ._protocol import PROTOCOL_VERSION
+from ._retry import RetryPolicy
+from ._transport import Connection, ConnectionHandler, LinkOptions, Listener, TLSConfig, Transport
+from .hookspecs import hookimpl
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "Address",
+    "AuthenticationError",
+    "CallTimeoutError",
+    "ConfigurationError",
+    "Connection",
+    "ConnectionHandler",
+    "ConnectionLostError",
+    "EasyRemoteError",
+    "GatewayUnavailableError",
+    "HealthProbe",
+    "LinkDead",
+    "LinkHealth",
+    "LinkOptions",
+    "Listener",
+    "MessageTooLargeError",
+    "NoNodeAvailableError",
+    "NodeBusyError",
+    "NodeLostError",
+    "PluginEntry",
+    "PluginManager",
+    "PluginNotFoundError",
+    "ProtocolError",
+    "RemoteExecutionError",
+    "RetryPolicy",
+    "TLSConfig",
+    "Transport",
+    "get_plugin_manager",
+    "hookimpl",
+    "parse_address",
+    "reset_plugin_manager",
+]

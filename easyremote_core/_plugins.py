@@ -1,0 +1,119 @@
+"""The plugin manager: loads the ``easyremote`` entry-point group and resolves names."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import pluggy
+
+from . import hookspecs
+from ._errors import PluginNotFoundError
+from ._probes import HealthProbe
+from ._retry import RetryPolicy
+from ._transport import Transport
+
+logger = logging.getLogger(__name__)
+
+DISABLE_ENV = "EASYREMOTE_DISABLE_PLUGINS"
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class PluginEntry:
+    kind: str  # "transport", "retry policy" or "health probe"
+    name: str
+    factory: Callable[..., Any]
+    plugin: str  # the plugin (entry point) that provides it
+    distribution: str  # "easyremote 0.1.0", or "<not installed>" for objects registered by hand
+
+
+_KINDS = {
+    "transport": "easyremote_transports",
+    "retry policy": "easyremote_retry_policies",
+    "health probe": "easyremote_health_probes",
+}
+
+
+class PluginManager(pluggy.PluginManager):
+    """pluggy's manager with EasyRemote's hookspecs and name look-ups."""
+
+    def __init__(self) -> None:
+        super().__init__(hookspecs.PROJECT)
+        self.add_hookspecs(hookspecs)
+
+    def load_entry_points(self) -> int:
+        """Load the ``easyremote`` group, except names listed in ``$EASYREMOTE_DISABLE_PLUGINS``."""
+        for name in _split(os.environ.get(DISABLE_ENV, "")):
+            self.set_blocked(name)
+        return self.load_setuptools_entrypoints(hookspecs.PROJECT)
+
+    def entries(self, kind: str) -> dict[str, PluginEntry]:
+        """Every registered plugin of one kind, by name (the first registered wins)."""
+        hook = getattr(self.hook, _KINDS[kind])
+        dists = {id(plugin): f"{dist.project_name} {dist.version}" for plugin, dist in self.list_plugin_distinfo()}
+        found: dict[str, PluginEntry] = {}
+        for impl in reversed(hook.get_hookimpls()):  # registration order
+            mapping = impl.function()
+            for name, factory in (mapping or {}).items():
+                if name not in found:
+                    found[name] = PluginEntry(
+                        kind=kind,
+                        name=name,
+                        factory=factory,
+                        plugin=impl.plugin_name,
+                        distribution=dists.get(id(impl.plugin), "<not installed>"),
+                    )
+        return found
+
+    def _resolve(self, kind: str, name: str) -> PluginEntry:
+        entries = self.entries(kind)
+        try:
+            return entries[name]
+        except KeyError:
+            raise PluginNotFoundError(kind, name, {n: e.distribution for n, e in entries.items()}) from None
+
+    def transport(self, name: str, **options: Any) -> Transport:
+        return self._resolve("transport", name).factory(**options)
+
+    def retry_policy(self, name: str, **options: Any) -> RetryPolicy:
+        return self._resolve("retry policy", name).factory(**options)
+
+    def health_probe(self, name: str) -> HealthProbe:
+        return self._resolve("health probe", name).factory()
+
+    def notify(self, hook_name: str, **kwargs: Any) -> None:
+        """Call an observer hook; an observer that raises is logged, never propagated."""
+        hook = getattr(self.hook, hook_name)
+        if not hook.get_hookimpls():
+            return
+        try:
+            hook(**kwargs)
+        except Exception:
+            logger.exception("observer hook %s raised", hook_name)
+
+
+def _split(text: str) -> Iterable[str]:
+    return [part.strip() for part in text.replace(";", ",").split(",") if part.strip()]
+
+
+_manager: PluginManager | None = None
+
+
+def get_plugin_manager() -> PluginManager:
+    """The process-wide manager, loaded from entry points on first use."""
+    global _manager
+    if _manager is None:
+        manager = PluginManager()
+        manager.load_entry_points()
+        _manager = manager
+    return _manager
+
+
+def reset_plugin_manager() -> None:
+    """Forget the process-wide manager (tests, or after installing a plugin)."""
+    global _manager
+    _manager = None

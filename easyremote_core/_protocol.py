@@ -1,0 +1,110 @@
+"""The wire protocol: envelope encoding, version checks, payload pickling, error mapping."""
+
+from __future__ import annotations
+
+import pickle
+import traceback
+from typing import Any
+
+from google.protobuf.message import DecodeError
+
+from . import _errors as errors
+from ._proto import envelope_pb2 as pb
+
+PROTOCOL_VERSION = 1
+Envelope = pb.Envelope
+ErrorCode = pb.Error.Code
+
+__all__ = ["PROTOCOL_VERSION", "Envelope", "decode", "encode", "pb"]
+
+
+def encode(envelope: pb.Envelope) -> bytes:
+    envelope.protocol_version = PROTOCOL_VERSION
+    return envelope.SerializeToString()
+
+
+def decode(frame: bytes) -> pb.Envelope:
+    """Parse one frame; a malformed frame or another protocol version is a ``ProtocolError``."""
+    envelope = pb.Envelope()
+    try:
+        envelope.ParseFromString(frame)
+    except DecodeError as exc:
+        raise errors.ProtocolError(f"malformed frame ({len(frame)} bytes): {exc}") from None
+    if envelope.protocol_version != PROTOCOL_VERSION:
+        raise errors.ProtocolError(
+            f"peer speaks protocol version {envelope.protocol_version}, this side speaks {PROTOCOL_VERSION}"
+        )
+    if envelope.WhichOneof("body") is None:
+        raise errors.ProtocolError("frame carries no message")
+    return envelope
+
+
+# --- payloads: the client and node pickle, the gateway never opens them -------------------
+
+
+def dump_arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
+    try:
+        return pickle.dumps((args, kwargs), protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:  # pickling runs arbitrary __reduce__ code
+        raise TypeError(f"arguments cannot be pickled: {type(exc).__name__}: {exc}") from exc
+
+
+def load_arguments(payload: bytes) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    value = pickle.loads(payload)
+    if not (isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], tuple) and isinstance(value[1], dict)):
+        raise TypeError("payload is not an (args, kwargs) pair")
+    return value
+
+
+def dump_value(value: Any) -> bytes:
+    return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def load_value(payload: bytes) -> Any:
+    return pickle.loads(payload)
+
+
+# --- errors ------------------------------------------------------------------------------
+
+_ERROR_TYPES: dict[int, type[errors.EasyRemoteError]] = {
+    ErrorCode.CODE_NO_NODE: errors.NoNodeAvailableError,
+    ErrorCode.CODE_NODE_LOST: errors.NodeLostError,
+    ErrorCode.CODE_NODE_BUSY: errors.NodeBusyError,
+    ErrorCode.CODE_TIMEOUT: errors.CallTimeoutError,
+    ErrorCode.CODE_TOO_LARGE: errors.MessageTooLargeError,
+    ErrorCode.CODE_PROTOCOL: errors.ProtocolError,
+    ErrorCode.CODE_UNAVAILABLE: errors.GatewayUnavailableError,
+    ErrorCode.CODE_CANCELLED: errors.ConnectionLostError,
+}
+
+
+def error_frame(call_id: str, code: int, message: str, *, node_id: str = "") -> pb.Envelope:
+    return pb.Envelope(error=pb.Error(call_id=call_id, code=code, message=message, node_id=node_id))
+
+
+def exception_frame(call_id: str, exc: BaseException, *, code: int = ErrorCode.CODE_REMOTE_EXCEPTION,
+                    node_id: str = "") -> pb.Envelope:
+    """An Error frame that carries a Python exception's type, message and traceback text."""
+    kind = type(exc)
+    type_name = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+    text = "".join(traceback.format_exception(kind, exc, exc.__traceback__))
+    return pb.Envelope(
+        error=pb.Error(
+            call_id=call_id, code=code, message=str(exc), remote_type=type_name,
+            remote_traceback=text, node_id=node_id,
+        )
+    )
+
+
+def error_from_frame(error: pb.Error) -> errors.EasyRemoteError:
+    """The exception a caller sees for an Error frame."""
+    if error.code in (ErrorCode.CODE_REMOTE_EXCEPTION, ErrorCode.CODE_BAD_ARGUMENTS, ErrorCode.CODE_BAD_RESULT):
+        return errors.RemoteExecutionError(
+            error.remote_type or "Exception", error.message, error.remote_traceback, error.node_id
+        )
+    return _ERROR_TYPES.get(error.code, errors.EasyRemoteError)(error.message)
+
+
+def code_name(code: int) -> str:
+    """``CODE_NODE_LOST`` → ``node_lost``."""
+    return ErrorCode.Name(code).removeprefix("CODE_").lower()

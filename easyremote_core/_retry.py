@@ -1,0 +1,31 @@
+"""The retry policy interface: how long to wait before reconnect attempt n."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+
+class RetryPolicy(ABC):
+    """Delays between consecutive failed attempts.
+
+    ``next_delay(1)`` is the wait after the first failure. A policy may keep
+    state (decorrelated jitter does); ``reset()`` is called once the gateway
+    has accepted a registration.
+    """
+
+    name: str = ""
+
+    def __init__(self, base: float = 2.0, cap: float = 60.0) -> None:
+        if base <= 0:
+            raise ValueError(f"base ({base}) must be greater than 0")
+        if cap < base:
+            raise ValueError(f"cap ({cap}) must be at least base ({base})")
+        self.base = float(base)
+        self.cap = float(cap)
+
+    @abstractmethod
+    def next_delay(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
+
+    def reset(self) -> None:
+        """Forget earlier failures."""

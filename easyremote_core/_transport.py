@@ -1,0 +1,105 @@
+"""The transport interface: how envelope frames travel between two peers."""
+
+from __future__ import annotations
+
+import ssl
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ._address import Address
+
+if TYPE_CHECKING:
+    from ._probes import HealthProbe
+
+DEFAULT_MAX_MESSAGE_SIZE = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    """TLS material by file path. A server needs cert and key; ``ca`` verifies the peer."""
+
+    cert: str | None = None
+    key: str | None = None
+    ca: str | None = None
+    require_client_cert: bool = False
+    server_hostname: str | None = None
+
+
+@dataclass(frozen=True)
+class LinkOptions:
+    """Settings a transport applies to every link it opens or accepts."""
+
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    connect_timeout: float = 10.0
+    tls: TLSConfig | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Connection(ABC):
+    """A live, ordered, framed link to one peer. Frames are opaque bytes.
+
+    ``send`` may be called from several tasks at once. ``receive`` raises
+    :class:`anyio.EndOfStream` after an orderly close by the peer and
+    :class:`~easyremote_core.ConnectionLostError` when the link broke.
+    """
+
+    peer: str = ""
+
+    @abstractmethod
+    async def send(self, frame: bytes) -> None:
+        """Send one frame; raises ``MessageTooLargeError`` or ``ConnectionLostError``."""
+
+    @abstractmethod
+    async def receive(self) -> bytes:
+        """Wait for the next frame."""
+
+    @abstractmethod
+    async def aclose(self) -> None:
+        """Close the link in an orderly way; safe to call more than once."""
+
+    async def __aenter__(self) -> Connection:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+
+ConnectionHandler = Callable[[Connection], Awaitable[None]]
+
+
+class Listener(ABC):
+    """A bound listening endpoint. ``port`` is the bound port."""
+
+    port: int = 0
+
+    @abstractmethod
+    async def serve(self, handler: ConnectionHandler) -> None:
+        """Accept links until cancelled or closed, running ``handler(connection)``
+        once per link in its own task and closing the link when it returns."""
+
+    @abstractmethod
+    async def aclose(self) -> None:
+        """Stop accepting and drop every open link; safe to call more than once."""
+
+
+class Transport(ABC):
+    """Opens and accepts :class:`Connection` objects for one wire technology."""
+
+    name: str = ""
+
+    @abstractmethod
+    async def connect(self, address: Address, options: LinkOptions) -> Connection:
+        """Dial the gateway; raises ``GatewayUnavailableError`` if it cannot be reached."""
+
+    @abstractmethod
+    async def listen(self, host: str, port: int, options: LinkOptions) -> Listener:
+        """Bind (port 0 picks a free port); serving starts with ``Listener.serve``."""
+
+    def default_probes(self) -> Sequence[HealthProbe]:
+        """Health probes this transport adds to every link besides the heartbeat."""
+        return ()
+
+    async def aclose(self) -> None:
+        """Release what the transport holds across links."""

@@ -1,0 +1,1 @@
+"""The shipped retry policies and health probes of EasyRemote."""

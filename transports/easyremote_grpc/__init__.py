@@ -1,0 +1,1 @@
+"""gRPC transport for EasyRemote (grpc.aio): keepalive, channel-state probe, health service."""
