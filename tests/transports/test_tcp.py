@@ -1,0 +1,341 @@
+"""The tcp transport on real loopback sockets, under asyncio and trio."""
+
+from __future__ import annotations
+
+import socket
+import struct
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import anyio
+import pytest
+import trustme
+
+from easyremote_core import (
+    Address,
+    Connection,
+    ConnectionLostError,
+    GatewayUnavailableError,
+    LinkOptions,
+    MessageTooLargeError,
+    TLSConfig,
+    get_plugin_manager,
+)
+from easyremote_tcp import TcpConnection, TcpTransport
+from easyremote_tcp._transport import GREETING
+
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
+
+LOCAL = "127.0.0.1"
+TIMEOUT = 20
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@asynccontextmanager
+async def serving(
+    handler: Callable[[Connection], Awaitable[None]],
+    transport: TcpTransport | None = None,
+    options: LinkOptions | None = None,
+) -> AsyncIterator[tuple[TcpTransport, int]]:
+    transport = transport or TcpTransport()
+    listener = await transport.listen(LOCAL, 0, options or LinkOptions())
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(listener.serve, handler)
+        try:
+            yield transport, listener.port
+        finally:
+            await listener.aclose()
+            tg.cancel_scope.cancel()
+
+
+async def echo(connection: Connection) -> None:
+    try:
+        while True:
+            await connection.send(await connection.receive())
+    except anyio.EndOfStream:
+        pass
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((LOCAL, 0))
+        return sock.getsockname()[1]
+
+
+async def test_registered_as_tcp_plugin() -> None:
+    assert isinstance(get_plugin_manager().transport("tcp"), TcpTransport)
+
+
+async def test_round_trip_and_order() -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with serving(echo) as (transport, port):
+            async with await transport.connect(Address(LOCAL, port), LinkOptions()) as conn:
+                assert conn.peer == f"tcp://{LOCAL}:{port}"
+                for i in range(500):
+                    await conn.send(b"frame %d" % i)
+                for i in range(500):
+                    assert await conn.receive() == b"frame %d" % i
+                await conn.send(b"")
+                assert await conn.receive() == b""
+
+
+async def test_20_megabyte_frames() -> None:
+    big = bytes(range(256)) * (20 * 1024 * 1024 // 256)
+    with anyio.fail_after(TIMEOUT):
+        async with serving(echo) as (transport, port):
+            async with await transport.connect(Address(LOCAL, port), LinkOptions()) as conn:
+                await conn.send(big)
+                await conn.send(b"after")
+                assert await conn.receive() == big
+                assert await conn.receive() == b"after"
+
+
+async def test_oversized_send_is_refused_before_sending() -> None:
+    options = LinkOptions(max_message_size=1024)
+    with anyio.fail_after(TIMEOUT):
+        async with serving(echo, options=options) as (transport, port):
+            async with await transport.connect(Address(LOCAL, port), options) as conn:
+                with pytest.raises(MessageTooLargeError, match="1025 bytes"):
+                    await conn.send(b"x" * 1025)
+                await conn.send(b"x" * 1024)  # nothing of the refused frame went out
+                assert await conn.receive() == b"x" * 1024
+
+
+async def test_oversized_header_ends_the_link() -> None:
+    seen: list[BaseException] = []
+    done = anyio.Event()
+
+    async def handler(connection: Connection) -> None:
+        try:
+            await connection.receive()
+        except MessageTooLargeError as exc:
+            seen.append(exc)
+        finally:
+            done.set()
+
+    with anyio.fail_after(TIMEOUT):
+        async with serving(handler, options=LinkOptions(max_message_size=1024)) as (_, port):
+            async with await anyio.connect_tcp(LOCAL, port) as raw:
+                await raw.send(GREETING)
+                assert await raw.receive(len(GREETING)) == GREETING
+                await raw.send(struct.pack(">I", 0xFFFF_FFF0))  # claims ~4 GiB, never sends it
+                await done.wait()
+                with pytest.raises((anyio.EndOfStream, anyio.BrokenResourceError)):
+                    await raw.receive()
+    assert "4294967280 bytes" in str(seen[0])
+
+
+async def test_concurrent_senders_keep_frames_whole() -> None:
+    received: list[bytes] = []
+    all_in = anyio.Event()
+
+    async def collect(connection: Connection) -> None:
+        while len(received) < 10 * 50:
+            received.append(await connection.receive())
+        all_in.set()
+
+    async def sender(conn: Connection, n: int) -> None:
+        for i in range(50):
+            await conn.send(bytes([n]) * (1000 + 7919 * i) + b"%d" % i)
+
+    with anyio.fail_after(TIMEOUT):
+        async with serving(collect) as (transport, port):
+            async with await transport.connect(Address(LOCAL, port), LinkOptions()) as conn:
+                async with anyio.create_task_group() as tg:
+                    for n in range(10):
+                        tg.start_soon(sender, conn, n)
+                await all_in.wait()
+    for n in range(10):
+        mine = [frame for frame in received if frame[0] == n]
+        assert [frame[1000 + 7919 * i :] for i, frame in enumerate(mine)] == [b"%d" % i for i in range(50)]
+        assert all(frame[: 1000 + 7919 * i] == bytes([n]) * (1000 + 7919 * i) for i, frame in enumerate(mine))
+
+
+async def test_orderly_close_is_end_of_stream_both_ways() -> None:
+    async def greet_and_leave(connection: Connection) -> None:
+        await connection.send(b"bye")
+
+    with anyio.fail_after(TIMEOUT):
+        async with serving(greet_and_leave) as (transport, port):
+            async with await transport.connect(Address(LOCAL, port), LinkOptions()) as conn:
+                assert await conn.receive() == b"bye"
+                with pytest.raises(anyio.EndOfStream):
+                    await conn.receive()
+
+        got: list[bytes] = []
+        ended = anyio.Event()
+
+        async def drain(connection: Connection) -> None:
+            try:
+                while True:
+                    got.append(await connection.receive())
+            except anyio.EndOfStream:
+                ended.set()
+
+        async with serving(drain) as (transport, port):
+            conn = await transport.connect(Address(LOCAL, port), LinkOptions())
+            for i in range(3):
+                await conn.send(b"%d" % i)
+            await conn.aclose()
+            await conn.aclose()  # idempotent
+            await ended.wait()
+            with pytest.raises(ConnectionLostError):
+                await conn.send(b"late")
+    assert got == [b"0", b"1", b"2"]
+
+
+async def test_reset_by_the_peer_is_connection_lost() -> None:
+    async def reset(connection: Connection) -> None:
+        assert isinstance(connection, TcpConnection)
+        await connection.receive()
+        await connection.abort()
+
+    with anyio.fail_after(TIMEOUT):
+        async with serving(reset) as (transport, port):
+            async with await transport.connect(Address(LOCAL, port), LinkOptions()) as conn:
+                await conn.send(b"go")
+                with pytest.raises(ConnectionLostError):
+                    await conn.receive()
+
+
+async def test_closing_the_listener_resets_open_links() -> None:
+    accepted = anyio.Event()
+
+    async def hold(connection: Connection) -> None:
+        accepted.set()
+        await anyio.sleep_forever()
+
+    with anyio.fail_after(TIMEOUT):
+        transport = TcpTransport()
+        listener = await transport.listen(LOCAL, 0, LinkOptions())
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(listener.serve, hold)
+            async with await transport.connect(Address(LOCAL, listener.port), LinkOptions()) as conn:
+                await accepted.wait()
+                await listener.aclose()
+                with pytest.raises(ConnectionLostError):
+                    await conn.receive()
+            with pytest.raises(GatewayUnavailableError):
+                await transport.connect(Address(LOCAL, listener.port), LinkOptions())
+
+
+async def test_end_of_file_inside_a_frame_is_connection_lost() -> None:
+    async def half_frame(raw: anyio.abc.SocketStream) -> None:
+        async with raw:
+            await raw.send(GREETING)
+            assert await raw.receive(len(GREETING)) == GREETING  # unread bytes would make the close a reset
+            await raw.send(struct.pack(">I", 100) + b"0123456789")
+
+    with anyio.fail_after(TIMEOUT):
+        async with await anyio.create_tcp_listener(local_host=LOCAL, local_port=0) as server:
+            port = server.extra(anyio.abc.SocketAttribute.local_port)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(server.serve, half_frame)
+                async with await TcpTransport().connect(Address(LOCAL, port), LinkOptions()) as conn:
+                    with pytest.raises(ConnectionLostError, match="middle of a frame"):
+                        await conn.receive()
+                tg.cancel_scope.cancel()
+
+
+async def test_refused_is_gateway_unavailable_at_once() -> None:
+    port = free_port()
+    with anyio.fail_after(2):
+        with pytest.raises(GatewayUnavailableError, match=f"tcp://{LOCAL}:{port}: .*refused"):
+            await TcpTransport().connect(Address(LOCAL, port), LinkOptions(connect_timeout=10))
+
+
+async def test_a_port_that_is_not_easyremote_is_gateway_unavailable() -> None:
+    async def http(raw: anyio.abc.SocketStream) -> None:
+        async with raw:
+            await raw.send(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+
+    with anyio.fail_after(TIMEOUT):
+        async with await anyio.create_tcp_listener(local_host=LOCAL, local_port=0) as server:
+            port = server.extra(anyio.abc.SocketAttribute.local_port)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(server.serve, http)
+                with pytest.raises(GatewayUnavailableError, match="not an EasyRemote tcp endpoint"):
+                    await TcpTransport().connect(Address(LOCAL, port), LinkOptions())
+                tg.cancel_scope.cancel()
+
+
+async def test_socket_options_are_set() -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with serving(echo) as (transport, port):
+            async with await transport.connect(Address(LOCAL, port), LinkOptions()) as conn:
+                assert isinstance(conn, TcpConnection)
+                sock = conn._raw.extra(anyio.abc.SocketAttribute.raw_socket)
+                assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+                assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)
+                if hasattr(socket, "TCP_KEEPIDLE"):
+                    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 20
+                    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL) == 3
+                    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == 3
+                if hasattr(socket, "TCP_USER_TIMEOUT"):
+                    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 20000
+
+
+# --- TLS ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    directory: Path = tmp_path_factory.mktemp("pki")
+    ca = trustme.CA()
+    server = ca.issue_cert(LOCAL, "localhost")
+    client = ca.issue_cert("node-1.example")
+    paths = {
+        "ca": directory / "ca.pem",
+        "server_cert": directory / "server.pem",
+        "server_key": directory / "server.key",
+        "client_cert": directory / "client.pem",
+        "client_key": directory / "client.key",
+    }
+    ca.cert_pem.write_to_path(paths["ca"])
+    server.private_key_pem.write_to_path(paths["server_key"])
+    server.cert_chain_pems[0].write_to_path(paths["server_cert"])
+    client.private_key_pem.write_to_path(paths["client_key"])
+    client.cert_chain_pems[0].write_to_path(paths["client_cert"])
+    return {name: str(path) for name, path in paths.items()}
+
+
+async def test_tls_round_trip(pki: dict[str, str]) -> None:
+    server_tls = TLSConfig(cert=pki["server_cert"], key=pki["server_key"])
+    with anyio.fail_after(TIMEOUT):
+        async with serving(echo, TcpTransport(tls=server_tls)) as (_, port):
+            client = TcpTransport(tls=TLSConfig(ca=pki["ca"]))
+            async with await client.connect(Address(LOCAL, port), LinkOptions()) as conn:
+                big = b"s" * (3 * 1024 * 1024)
+                await conn.send(big)
+                assert await conn.receive() == big
+            with pytest.raises(GatewayUnavailableError, match="TLS"):  # the system store does not know our CA
+                await TcpTransport(tls=TLSConfig()).connect(Address(LOCAL, port), LinkOptions())
+            with pytest.raises(GatewayUnavailableError):  # a plain client cannot speak to a TLS gateway
+                await TcpTransport().connect(Address(LOCAL, port), LinkOptions(connect_timeout=5))
+
+
+async def test_tls_required_client_certificate(pki: dict[str, str]) -> None:
+    server_tls = TLSConfig(cert=pki["server_cert"], key=pki["server_key"], ca=pki["ca"], require_client_cert=True)
+    with anyio.fail_after(TIMEOUT):
+        async with serving(echo, TcpTransport(tls=server_tls)) as (_, port):
+            with_cert = TLSConfig(ca=pki["ca"], cert=pki["client_cert"], key=pki["client_key"])
+            async with await TcpTransport(tls=with_cert).connect(Address(LOCAL, port), LinkOptions()) as conn:
+                await conn.send(b"hello")
+                assert await conn.receive() == b"hello"
+            with pytest.raises(GatewayUnavailableError, match="TLS"):
+                await TcpTransport(tls=TLSConfig(ca=pki["ca"])).connect(Address(LOCAL, port), LinkOptions())
+
+
+async def test_options_tls_overrides_the_transport_default(pki: dict[str, str]) -> None:
+    server_tls = TLSConfig(cert=pki["server_cert"], key=pki["server_key"])
+    with anyio.fail_after(TIMEOUT):
+        async with serving(echo, options=LinkOptions(tls=server_tls)) as (transport, port):
+            options = LinkOptions(tls=TLSConfig(ca=pki["ca"], server_hostname="localhost"))
+            async with await transport.connect(Address(LOCAL, port), options) as conn:
+                await conn.send(b"ok")
+                assert await conn.receive() == b"ok"

@@ -1,0 +1,457 @@
+"""The ``tcp`` transport: envelope frames with a 4-byte big-endian length over anyio TCP streams."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import ssl
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import partial
+
+import anyio
+from anyio.abc import ByteStream, SocketAttribute, SocketListener, SocketStream, TaskGroup
+from anyio.streams.stapled import MultiListener
+from anyio.streams.tls import TLSStream
+
+from easyremote_core import (
+    Address,
+    ConfigurationError,
+    Connection,
+    ConnectionHandler,
+    ConnectionLostError,
+    GatewayUnavailableError,
+    LinkOptions,
+    Listener,
+    MessageTooLargeError,
+    ProtocolError,
+    TLSConfig,
+    Transport,
+)
+
+logger = logging.getLogger(__name__)
+
+# Sent by both ends right after the TCP (and TLS) handshake. The client's connect()
+# returns only once the gateway's greeting arrived, so a gateway that refused the
+# link after accepting it (a required client certificate under TLS 1.3, a port that
+# is not an EasyRemote gateway, a proxy with nothing behind it) is reported by
+# connect() as GatewayUnavailableError rather than by the first receive.
+GREETING = b"easyremote-tcp/1"
+_HEADER = struct.Struct(">I")
+_READ_CHUNK = 256 * 1024  # bytes asked from the socket per read
+_COALESCE_LIMIT = 64 * 1024  # frames up to this size go out in one write with their header
+_CLOSE_LINGER = 1.0  # seconds an orderly close waits for the peer's own close
+
+
+@dataclass(frozen=True)
+class SocketTuning:
+    """Kernel settings applied to every TCP socket of the transport.
+
+    The heartbeat probe is what detects a silent peer within ``heartbeat_timeout``;
+    these settings are the kernel's own backstop, matching the gRPC transport's
+    keepalive (20 s idle, 3 s between probes):
+
+    - ``TCP_NODELAY``: frames are small request/answer messages; Nagle's algorithm
+      would hold them back waiting for an acknowledgement.
+    - ``SO_KEEPALIVE`` with ``TCP_KEEPIDLE``/``TCP_KEEPINTVL``/``TCP_KEEPCNT``: an idle
+      link whose peer vanished (power cut, NAT entry dropped) is torn down after
+      about ``idle + interval * count`` seconds instead of the system default of hours.
+    - ``TCP_USER_TIMEOUT``: keepalive only runs on idle links; when sent data stays
+      unacknowledged for this long (a half-open link under load), the kernel drops
+      the link instead of retransmitting for about 15 minutes.
+    """
+
+    keepalive_idle: int = 20
+    keepalive_interval: int = 3
+    keepalive_count: int = 3
+    user_timeout: float = 20.0
+
+    def apply(self, sock: socket.socket) -> None:
+        settings: list[tuple[int, str, int]] = [
+            (socket.IPPROTO_TCP, "TCP_NODELAY", 1),
+            (socket.SOL_SOCKET, "SO_KEEPALIVE", 1),
+            (socket.IPPROTO_TCP, "TCP_KEEPIDLE", self.keepalive_idle),
+            (socket.IPPROTO_TCP, "TCP_KEEPALIVE", self.keepalive_idle),  # macOS's name for the idle time
+            (socket.IPPROTO_TCP, "TCP_KEEPINTVL", self.keepalive_interval),
+            (socket.IPPROTO_TCP, "TCP_KEEPCNT", self.keepalive_count),
+            (socket.IPPROTO_TCP, "TCP_USER_TIMEOUT", int(self.user_timeout * 1000)),
+        ]
+        for level, name, value in settings:
+            option = getattr(socket, name, None)
+            if option is None:  # not offered by this platform
+                continue
+            try:
+                sock.setsockopt(level, option, value)
+            except OSError as exc:
+                logger.debug("cannot set %s=%s on a tcp link: %s", name, value, exc)
+
+
+class TcpConnection(Connection):
+    """One TCP link carrying length-prefixed frames. ``abort()`` resets it."""
+
+    def __init__(self, stream: ByteStream, raw: SocketStream, peer: str, max_message_size: int) -> None:
+        self.peer = peer
+        self._stream = stream  # the TLS stream, or the socket stream itself
+        self._raw = raw
+        self._max = max_message_size
+        self._buffer = bytearray()
+        self._send_lock = anyio.Lock()
+        self._receive_lock = anyio.Lock()
+        self._closed = False  # no more sends or receives
+        self._aborted = False  # the close will be a reset
+        self._released = False  # the socket is closed
+
+    async def send(self, frame: bytes) -> None:
+        size = len(frame)
+        if size > self._max:
+            raise MessageTooLargeError(f"frame of {size} bytes exceeds max_message_size ({self._max})")
+        header = _HEADER.pack(size)
+        async with self._send_lock:
+            if self._closed:
+                raise ConnectionLostError(f"link to {self.peer} is closed")
+            await anyio.lowlevel.checkpoint_if_cancelled()
+            try:
+                if size <= _COALESCE_LIMIT:
+                    await self._stream.send(header + frame)
+                else:
+                    await self._stream.send(header)
+                    await self._stream.send(frame)
+            except anyio.get_cancelled_exc_class():
+                # Part of the frame may be on the wire already; the peer could never
+                # find the next frame boundary, so the link cannot be used again.
+                with anyio.CancelScope(shield=True):
+                    await self.abort()
+                raise
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
+                raise ConnectionLostError(f"link to {self.peer} broke: {describe(exc)}") from exc
+
+    async def receive(self) -> bytes:
+        async with self._receive_lock:
+            while True:
+                try:
+                    frame = self._take_frame()
+                except MessageTooLargeError:
+                    self._buffer.clear()
+                    await self.abort()
+                    raise
+                if frame is not None:
+                    return frame
+                try:
+                    chunk = await self._stream.receive(_READ_CHUNK)
+                except anyio.EndOfStream:
+                    if self._buffer:
+                        raise ConnectionLostError(
+                            f"{self.peer} closed the link in the middle of a frame"
+                        ) from None
+                    raise
+                except anyio.ClosedResourceError:
+                    raise ConnectionLostError(f"link to {self.peer} is closed") from None
+                except (anyio.BrokenResourceError, OSError) as exc:
+                    raise ConnectionLostError(f"link to {self.peer} broke: {describe(exc)}") from exc
+                self._buffer += chunk
+
+    def _take_frame(self) -> bytes | None:
+        """The next whole frame from the buffer, if it is all there; nothing is consumed otherwise."""
+        if len(self._buffer) < _HEADER.size:
+            return None
+        (size,) = _HEADER.unpack_from(self._buffer)
+        if size > self._max:
+            raise MessageTooLargeError(
+                f"{self.peer} announced a frame of {size} bytes, above max_message_size ({self._max}); "
+                "the link is closed"
+            )
+        end = _HEADER.size + size
+        if len(self._buffer) < end:
+            return None
+        with memoryview(self._buffer) as view:
+            frame = bytes(view[_HEADER.size : end])
+        del self._buffer[:end]
+        return frame
+
+    async def aclose(self) -> None:
+        """Close in an orderly way: send FIN, give the peer a moment to close too, then release.
+
+        Waiting for the peer's own close keeps the kernel from answering data that is
+        still arriving with a reset, which would discard the last frames we sent.
+        """
+        if self._released:
+            return
+        try:
+            if not self._closed:
+                self._closed = True
+                with anyio.move_on_after(_CLOSE_LINGER):
+                    await self._linger()
+        finally:
+            self._closed = True
+            self._released = True
+            await anyio.aclose_forcefully(self._stream)
+
+    async def _linger(self) -> None:
+        try:
+            async with self._send_lock:
+                await self._raw.send_eof()
+            if self._receive_lock.locked():  # another task reads; it will see the close
+                return
+            async with self._receive_lock:
+                while True:
+                    await self._raw.receive(_READ_CHUNK)
+        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            pass
+
+    async def abort(self) -> None:
+        """Reset the link at once (RST), as a dying process would; the peer sees ``ConnectionLostError``."""
+        self._mark_aborted()
+        self._closed = True
+        await self.aclose()
+
+    def _mark_aborted(self) -> None:
+        """Make the coming close a reset (SO_LINGER 0) instead of an orderly FIN."""
+        if self._aborted or self._released:
+            return
+        self._aborted = True
+        try:
+            sock = self._raw.extra(SocketAttribute.raw_socket)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:  # already closed
+            pass
+
+
+class TcpListener(Listener):
+    """Accepts TCP links; ``aclose()`` resets every link still open."""
+
+    def __init__(
+        self,
+        listener: SocketListener | MultiListener[SocketStream],
+        options: LinkOptions,
+        ssl_context: ssl.SSLContext | None,
+        tuning: SocketTuning,
+    ) -> None:
+        self.port = listener.extra(SocketAttribute.local_port)
+        self._listener = listener
+        self._sockets: list[SocketListener] = (
+            list(listener.listeners) if isinstance(listener, MultiListener) else [listener]
+        )
+        self._options = options
+        self._ssl_context = ssl_context
+        self._tuning = tuning
+        self._links: set[TcpConnection] = set()
+        self._task_group: TaskGroup | None = None
+        self._closed = False
+
+    async def serve(self, handler: ConnectionHandler) -> None:
+        if self._closed:
+            raise anyio.ClosedResourceError("the listener is closed")
+        try:
+            async with anyio.create_task_group() as tg:
+                self._task_group = tg
+                for sockets in self._sockets:
+                    tg.start_soon(self._accept, sockets, handler, tg)
+        finally:
+            self._task_group = None
+            with anyio.CancelScope(shield=True):
+                await self.aclose()
+
+    async def _accept(self, sockets: SocketListener, handler: ConnectionHandler, tg: TaskGroup) -> None:
+        while True:
+            try:
+                raw = await sockets.accept()
+            except anyio.ClosedResourceError:
+                if self._closed:
+                    return
+                raise
+            tg.start_soon(self._run_link, handler, raw)
+
+    async def _run_link(self, handler: ConnectionHandler, raw: SocketStream) -> None:
+        peer = _format_peer(raw.extra(SocketAttribute.remote_address))
+        try:
+            self._tuning.apply(raw.extra(SocketAttribute.raw_socket))
+            with anyio.fail_after(self._options.connect_timeout):
+                stream: ByteStream = raw
+                if self._ssl_context is not None:
+                    stream = await TLSStream.wrap(
+                        raw, server_side=True, ssl_context=self._ssl_context, standard_compatible=False
+                    )
+                await _exchange_greeting(stream)
+        except (TimeoutError, OSError, anyio.BrokenResourceError, anyio.EndOfStream, ProtocolError) as exc:
+            logger.info("refused a tcp link from %s: %s", peer, describe(exc))
+            await anyio.aclose_forcefully(raw)
+            return
+        connection = TcpConnection(stream, raw, peer, self._options.max_message_size)
+        self._links.add(connection)
+        try:
+            await handler(connection)
+        except (ConnectionLostError, anyio.EndOfStream) as exc:
+            logger.debug("tcp link from %s ended: %s", peer, describe(exc))
+        except Exception:
+            logger.exception("the handler of the tcp link from %s raised", peer)
+        finally:
+            self._links.discard(connection)
+            if self._closed:
+                await connection.abort()
+            else:
+                await connection.aclose()
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for link in self._links:  # every close from here on is a reset
+            link._mark_aborted()
+        if self._task_group is not None:
+            self._task_group.cancel_scope.cancel()
+        for link in list(self._links):
+            await link.abort()
+        await self._listener.aclose()
+
+
+class TcpTransport(Transport):
+    """Length-prefixed frames over TCP, with optional TLS; runs under asyncio and trio.
+
+    ``tls`` applies to every link unless ``LinkOptions.tls`` names other material.
+    The keepalive settings are described by :class:`SocketTuning`.
+    """
+
+    name = "tcp"
+    backends = ("asyncio", "trio")
+
+    def __init__(
+        self,
+        *,
+        tls: TLSConfig | None = None,
+        keepalive_idle: float = 20.0,
+        keepalive_interval: float = 3.0,
+        keepalive_count: int = 3,
+        user_timeout: float = 20.0,
+    ) -> None:
+        for parameter, value in (
+            ("keepalive_idle", keepalive_idle),
+            ("keepalive_interval", keepalive_interval),
+            ("keepalive_count", keepalive_count),
+            ("user_timeout", user_timeout),
+        ):
+            if not value > 0:
+                raise ConfigurationError(f"{parameter} ({value}) must be greater than 0")
+        self.tls = tls
+        self.tuning = SocketTuning(
+            keepalive_idle=max(1, round(keepalive_idle)),
+            keepalive_interval=max(1, round(keepalive_interval)),
+            keepalive_count=int(keepalive_count),
+            user_timeout=float(user_timeout),
+        )
+
+    async def connect(self, address: Address, options: LinkOptions) -> Connection:
+        tls = options.tls if options.tls is not None else self.tls
+        context = client_ssl_context(tls) if tls is not None else None
+        target = f"tcp://{address}"
+        stage = "connect"
+        try:
+            with anyio.fail_after(options.connect_timeout):
+                raw = await anyio.connect_tcp(address.host, address.port)
+                try:
+                    self.tuning.apply(raw.extra(SocketAttribute.raw_socket))
+                    stream: ByteStream = raw
+                    stage = "greeting"
+                    if context is not None:
+                        assert tls is not None
+                        stage = "TLS handshake"
+                        stream = await TLSStream.wrap(
+                            raw,
+                            hostname=tls.server_hostname or address.host,
+                            ssl_context=context,
+                            standard_compatible=False,
+                        )
+                        stage = "TLS greeting"  # TLS 1.3 reports a refused client certificate here
+                    await _exchange_greeting(stream)
+                except BaseException:
+                    await anyio.aclose_forcefully(raw)
+                    raise
+        except TimeoutError:
+            raise GatewayUnavailableError(
+                f"{target}: {stage}: no answer within connect_timeout ({options.connect_timeout} s)"
+            ) from None
+        except (OSError, anyio.BrokenResourceError, anyio.EndOfStream, ProtocolError) as exc:
+            raise GatewayUnavailableError(f"{target}: {stage} failed: {describe(exc)}") from exc
+        return TcpConnection(stream, raw, target, options.max_message_size)
+
+    async def listen(self, host: str, port: int, options: LinkOptions) -> Listener:
+        tls = options.tls if options.tls is not None else self.tls
+        context = server_ssl_context(tls) if tls is not None else None
+        listener = await anyio.create_tcp_listener(local_host=host or None, local_port=port)
+        return TcpListener(listener, options, context, self.tuning)
+
+
+def server_ssl_context(tls: TLSConfig) -> ssl.SSLContext:
+    """The gateway side: present ``cert``/``key``; with ``require_client_cert``, verify clients with ``ca``."""
+    if not tls.cert or not tls.key:
+        raise ConfigurationError("tls: a listening tcp transport needs both cert and key")
+    if tls.require_client_cert and not tls.ca:
+        raise ConfigurationError("tls: require_client_cert needs ca to verify client certificates")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    _load(context.load_cert_chain, tls.cert, tls.key)
+    if tls.require_client_cert:
+        _load(context.load_verify_locations, tls.ca)
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+def client_ssl_context(tls: TLSConfig) -> ssl.SSLContext:
+    """The dialing side: verify the gateway with ``ca`` (the system store without it); present ``cert`` if set."""
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    if tls.ca:
+        _load(context.load_verify_locations, tls.ca)
+    if tls.cert:
+        _load(context.load_cert_chain, tls.cert, tls.key)
+    return context
+
+
+def _load(method: object, *paths: str | None) -> None:
+    try:
+        method(*paths)  # type: ignore[operator]
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigurationError(f"tls: cannot load {', '.join(p for p in paths if p)}: {exc}") from exc
+
+
+async def _exchange_greeting(stream: ByteStream) -> None:
+    await stream.send(GREETING)
+    received = b""
+    while len(received) < len(GREETING):
+        try:
+            received += await stream.receive(len(GREETING) - len(received))
+        except anyio.EndOfStream:
+            raise ProtocolError("the peer closed the link during the greeting") from None
+    if received != GREETING:
+        raise ProtocolError(f"the peer is not an EasyRemote tcp endpoint (it sent {received!r})")
+
+
+def describe(exc: BaseException) -> str:
+    """A short reason for a failure, taken from the innermost OS error when there is one."""
+    for cause in _chain(exc):
+        if isinstance(cause, (ssl.SSLWantReadError, ssl.SSLWantWriteError)):
+            continue  # TLS waiting for bytes: the cause is whatever happened to the socket
+        if isinstance(cause, ssl.SSLError) and cause.reason:
+            return cause.reason.lower().replace("_", " ")
+        if isinstance(cause, OSError) and not isinstance(cause, socket.gaierror) and cause.errno:
+            return os.strerror(cause.errno).lower()  # asyncio's own text only repeats the address
+        if isinstance(cause, OSError) and cause.strerror:
+            return cause.strerror.lower()
+    text = str(exc)
+    return text or type(exc).__name__
+
+
+def _chain(exc: BaseException) -> Iterable[BaseException]:
+    seen: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in seen:
+        seen.append(current)
+        current = current.__cause__ or current.__context__
+    return reversed(seen)
+
+
+def _format_peer(address: object) -> str:
+    if isinstance(address, tuple) and len(address) >= 2:
+        host, port = address[0], address[1]
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    return str(address)
+
