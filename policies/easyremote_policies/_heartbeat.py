@@ -1,0 +1,43 @@
+"""The heartbeat probe: a link that has been silent for ``heartbeat_timeout`` seconds is dead."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import anyio
+
+from easyremote_core import HealthProbe, LinkDead, LinkHealth
+
+# Not __name__: users configure the ``easyremote`` logger, and the guide's
+# "Heartbeat timeout: …" line must reach it.
+logger = logging.getLogger("easyremote.probes")
+
+
+class HeartbeatProbe(HealthProbe):
+    """Declares the link dead when no frame has come from the peer for ``heartbeat_timeout`` seconds.
+
+    Transport-neutral: it reads only ``link.last_received``, which the core moves as
+    frames arrive. It sleeps until the deadline ``last_received + heartbeat_timeout``
+    and, if a frame came in the meantime, sleeps again until the new deadline; so it
+    wakes about once per timeout, and detects silence as soon as the deadline passes.
+    A ``last_received`` of 0 counts the start of :meth:`watch` as the last frame.
+    """
+
+    name = "heartbeat"
+
+    async def watch(self, link: LinkHealth) -> None:
+        timeout = link.heartbeat_timeout
+        if not (math.isfinite(timeout) and timeout > 0):
+            raise ValueError(f"heartbeat_timeout ({timeout}) must be a finite number greater than 0")
+        started = anyio.current_time()
+        last = link.last_received or started
+        while True:
+            await anyio.sleep_until(last + timeout)
+            latest = link.last_received or started
+            if latest != last:  # a frame arrived: re-arm to the new deadline
+                last = latest
+                continue
+            elapsed = anyio.current_time() - last
+            logger.warning("Heartbeat timeout: %.1fs > %gs", elapsed, timeout)
+            raise LinkDead("Heartbeat timeout detected")

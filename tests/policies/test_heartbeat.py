@@ -1,0 +1,193 @@
+"""The heartbeat probe on asyncio and trio: silence is detected within heartbeat_timeout (+10 %)."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterator
+
+import anyio
+import pytest
+from trio.testing import MockClock
+
+import easyremote_policies._heartbeat as heartbeat_module
+
+from easyremote_core import LinkDead, LinkHealth, get_plugin_manager
+from easyremote_policies import HeartbeatProbe
+
+pytestmark = pytest.mark.anyio
+
+TIMEOUT = 0.3
+WARNING = re.compile(r"^Heartbeat timeout: \d+\.\ds > 0\.3s$")
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+class UntouchableConnection:
+    """Stands in for the link's connection: the probe is transport-neutral and must not use it."""
+
+    def __getattr__(self, name: str) -> object:
+        raise AssertionError(f"the heartbeat probe touched connection.{name}")
+
+
+def make_link(timeout: float = TIMEOUT, last_received: float | None = None) -> LinkHealth:
+    return LinkHealth(
+        connection=UntouchableConnection(),  # type: ignore[arg-type]
+        heartbeat_interval=timeout / 3,
+        heartbeat_timeout=timeout,
+        health_check_interval=timeout * 2,
+        last_received=anyio.current_time() if last_received is None else last_received,
+    )
+
+
+def heartbeat_warnings(caplog: pytest.LogCaptureFixture) -> Iterator[str]:
+    for record in caplog.records:
+        if record.name == "easyremote.probes" and record.levelno == logging.WARNING:
+            yield record.getMessage()
+
+
+async def feed_frames(link: LinkHealth, every: float) -> None:
+    while True:
+        await anyio.sleep(every)
+        link.last_received = anyio.current_time()
+
+
+@pytest.mark.timeout(10)
+async def test_silence_is_detected_within_the_timeout(caplog: pytest.LogCaptureFixture) -> None:
+    link = make_link()
+    with anyio.fail_after(TIMEOUT * 5), pytest.raises(LinkDead, match="^Heartbeat timeout detected$"):
+        await HeartbeatProbe().watch(link)
+    silence = anyio.current_time() - link.last_received
+    error = silence - TIMEOUT
+    assert -1e-3 <= error <= TIMEOUT * 0.1, f"detected after {silence:.4f}s (error {error:+.4f}s)"
+    warnings = list(heartbeat_warnings(caplog))
+    assert len(warnings) == 1 and WARNING.match(warnings[0]), warnings
+
+
+@pytest.mark.timeout(10)
+async def test_an_unset_last_received_counts_from_the_start_of_watch() -> None:
+    link = make_link(last_received=0.0)
+    started = anyio.current_time()
+    with anyio.fail_after(TIMEOUT * 5), pytest.raises(LinkDead):
+        await HeartbeatProbe().watch(link)
+    assert TIMEOUT - 1e-3 <= anyio.current_time() - started <= TIMEOUT * 1.1
+
+
+@pytest.mark.timeout(10)
+async def test_a_link_already_silent_for_too_long_is_dead_at_once(caplog: pytest.LogCaptureFixture) -> None:
+    # The guide's line, word for word: the last frame came 16.2 s ago and the timeout is 15 s.
+    link = make_link(timeout=15.0, last_received=anyio.current_time() - 16.2)
+    with anyio.fail_after(1), pytest.raises(LinkDead, match="^Heartbeat timeout detected$"):
+        await HeartbeatProbe().watch(link)
+    assert list(heartbeat_warnings(caplog)) == ["Heartbeat timeout: 16.2s > 15s"]
+
+
+@pytest.mark.timeout(10)
+async def test_frames_that_keep_arriving_keep_the_link_alive(caplog: pytest.LogCaptureFixture) -> None:
+    link = make_link()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(feed_frames, link, 0.05)
+        with anyio.move_on_after(TIMEOUT * 4) as scope:
+            await HeartbeatProbe().watch(link)  # raises LinkDead if it judges the link dead
+        tg.cancel_scope.cancel()
+    assert scope.cancelled_caught
+    assert list(heartbeat_warnings(caplog)) == []
+
+
+@pytest.mark.timeout(10)
+async def test_silence_after_frames_is_measured_from_the_last_frame(caplog: pytest.LogCaptureFixture) -> None:
+    link = make_link()
+    feeding_for = TIMEOUT * 3
+
+    async def feed_then_fall_silent() -> None:
+        with anyio.move_on_after(feeding_for):
+            await feed_frames(link, 0.05)
+
+    with anyio.fail_after(feeding_for + TIMEOUT * 5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(feed_then_fall_silent)
+            with pytest.raises(LinkDead):
+                await HeartbeatProbe().watch(link)
+    silence = anyio.current_time() - link.last_received
+    assert TIMEOUT - 1e-3 <= silence <= TIMEOUT * 1.1, f"detected {silence:.4f}s after the last frame"
+    assert len(list(heartbeat_warnings(caplog))) == 1
+
+
+@pytest.mark.timeout(10)
+async def test_a_frame_just_before_the_deadline_rearms_it() -> None:
+    link = make_link()
+    probe_done = anyio.Event()
+    outcome: list[BaseException] = []
+
+    async def watch() -> None:
+        try:
+            await HeartbeatProbe().watch(link)
+        except LinkDead as exc:
+            outcome.append(exc)
+        probe_done.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(watch)
+        await anyio.sleep(TIMEOUT * 0.8)
+        link.last_received = anyio.current_time()  # one late frame
+        await anyio.sleep(TIMEOUT * 0.5)  # past the first deadline, before the second
+        assert not probe_done.is_set()
+        with anyio.fail_after(TIMEOUT * 2):
+            await probe_done.wait()
+    assert len(outcome) == 1
+    assert TIMEOUT - 1e-3 <= anyio.current_time() - link.last_received <= TIMEOUT * 1.1
+
+
+class SleepCounter:
+    """Wraps the anyio module the probe sees, counting its sleeps."""
+
+    def __init__(self) -> None:
+        self.sleeps = 0
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(anyio, name)
+
+    async def sleep_until(self, deadline: float) -> None:
+        self.sleeps += 1
+        await anyio.sleep_until(deadline)
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize("anyio_backend", [("trio", {"clock": MockClock(autojump_threshold=0)})])
+async def test_guide_settings_in_virtual_time_wake_about_once_per_timeout(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Virtual time (trio's MockClock) so the guide's 5 s heartbeat / 15 s timeout run in milliseconds.
+    counter = SleepCounter()
+    monkeypatch.setattr(heartbeat_module, "anyio", counter)
+    link = make_link(timeout=15.0)
+
+    async def feed_then_fall_silent() -> None:
+        with anyio.move_on_after(120):
+            await feed_frames(link, 5.0)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(feed_then_fall_silent)
+        with pytest.raises(LinkDead):
+            await HeartbeatProbe().watch(link)
+    assert anyio.current_time() - link.last_received == pytest.approx(15.0)
+    assert list(heartbeat_warnings(caplog)) == ["Heartbeat timeout: 15.0s > 15s"]
+    assert counter.sleeps <= 15  # 135 s watched: a polling loop would have slept hundreds of times
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize("timeout", [0.0, -1.0, float("nan"), float("inf")])
+async def test_a_meaningless_timeout_is_refused(timeout: float) -> None:
+    with pytest.raises(ValueError, match=r"^heartbeat_timeout \(.*\) must be a finite number greater than 0"):
+        await HeartbeatProbe().watch(make_link(timeout=timeout))
+
+
+@pytest.mark.timeout(10)
+async def test_the_plugin_manager_builds_the_probe() -> None:
+    probe = get_plugin_manager().health_probe("heartbeat")
+    assert isinstance(probe, HeartbeatProbe)
+    with anyio.fail_after(TIMEOUT * 5), pytest.raises(LinkDead):
+        await probe.watch(make_link())
