@@ -1,0 +1,1 @@
+"""Tests of the fault-injection harness itself: the chaos proxy, process control and network namespaces."""
