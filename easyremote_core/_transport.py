@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import ssl
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+import anyio
 
 from ._address import Address
 
@@ -88,6 +89,8 @@ class Transport(ABC):
     """Opens and accepts :class:`Connection` objects for one wire technology."""
 
     name: str = ""
+    label: str = ""  # how logs name a link of this kind ("gRPC"); defaults to name
+    backends: tuple[str, ...] = ("asyncio",)  # anyio backends this transport runs on
 
     @abstractmethod
     async def connect(self, address: Address, options: LinkOptions) -> Connection:
@@ -100,6 +103,15 @@ class Transport(ABC):
     def default_probes(self) -> Sequence[HealthProbe]:
         """Health probes this transport adds to every link besides the heartbeat."""
         return ()
+
+    async def wait_reachable(self, address: Address, options: LinkOptions) -> None:
+        """Return once a gateway that refused connections accepts them again.
+
+        The connection supervisor calls this while it waits out a backoff delay,
+        to retry at once when the gateway is back. The default never returns;
+        TCP-based transports use :func:`easyremote_core.wait_until_listening`.
+        """
+        await anyio.sleep_forever()
 
     async def aclose(self) -> None:
         """Release what the transport holds across links."""

@@ -1,0 +1,434 @@
+"""Clients: call functions through the gateway, waiting out reconnections within each call's timeout."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import os
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import anyio.abc
+import anyio.from_thread
+from anyio.streams.memory import MemoryObjectSendStream
+
+from ._address import parse_address
+from ._config import LinkSettings, number, whole
+from ._errors import (
+    CallTimeoutError,
+    ConnectionLostError,
+    GatewayUnavailableError,
+    MessageTooLargeError,
+)
+from ._link import Link
+from ._node import ENVELOPE_OVERHEAD, TOKEN_ENV
+from ._plugins import PluginManager, get_plugin_manager
+from ._probes import HealthProbe
+from ._protocol import dump_arguments, error_from_frame, load_value, pb
+from ._resolve import resolve_policy, resolve_probes, resolve_transport
+from ._retry import RetryPolicy
+from ._supervisor import ConnectionState, ConnectionSupervisor, StateCallback
+from ._transport import DEFAULT_MAX_MESSAGE_SIZE, LinkOptions, TLSConfig, Transport
+
+logger = logging.getLogger("easyremote.client")
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """A node as the gateway sees it."""
+
+    node_id: str
+    functions: tuple[str, ...]
+    state: str
+    in_flight: int
+    max_queue_size: int
+    connected_for: float
+    peer: str
+
+
+class _LinkLost:
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+@dataclass(eq=False)
+class _Pending:
+    request: pb.CallRequest
+    answers: MemoryObjectSendStream[Any]
+    link: Link | None = None
+
+
+class AsyncClient:
+    """Calls functions through a gateway: ``async with AsyncClient("host:8080") as c``."""
+
+    def __init__(
+        self,
+        gateway: str,
+        timeout: float = 30.0,
+        auth_token: str | None = None,
+        *,
+        transport: str | Transport | None = None,
+        retry_policy: str | RetryPolicy | None = None,
+        health_probes: Iterable[str | HealthProbe] | None = None,
+        reconnect_interval: float = 2.0,
+        max_reconnect_interval: float = 60.0,
+        max_retry_attempts: int | None = None,
+        heartbeat_interval: float = 5.0,
+        heartbeat_timeout: float = 15.0,
+        health_check_interval: float = 30.0,
+        connection_timeout: float = 10.0,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        tls: TLSConfig | None = None,
+        plugins: PluginManager | None = None,
+    ) -> None:
+        self.address = parse_address(gateway, parameter="gateway")
+        self.timeout = number("timeout", timeout, above=0)
+        self.settings = LinkSettings(
+            reconnect_interval=reconnect_interval, max_reconnect_interval=max_reconnect_interval,
+            max_retry_attempts=max_retry_attempts, heartbeat_interval=heartbeat_interval,
+            heartbeat_timeout=heartbeat_timeout, health_check_interval=health_check_interval,
+            connection_timeout=connection_timeout,
+        )
+        self.max_message_size = whole("max_message_size", max_message_size, minimum=ENVELOPE_OVERHEAD * 2)
+        self.auth_token = auth_token if auth_token is not None else os.environ.get(TOKEN_ENV)
+        self._plugins = plugins or get_plugin_manager()
+        self._transport = resolve_transport(self._plugins, transport, self.address, tls=tls)
+        self._policy = resolve_policy(self._plugins, retry_policy, base=self.settings.reconnect_interval,
+                                      cap=self.settings.max_reconnect_interval)
+        self._probes = resolve_probes(self._plugins, health_probes, self._transport)
+        self._tls = tls
+        self._pending: dict[str, _Pending] = {}
+        self._queries: dict[str, MemoryObjectSendStream[pb.NodeList]] = {}
+        self._supervisor: ConnectionSupervisor | None = None
+        self._task_group: anyio.abc.TaskGroup | None = None
+        self._callbacks: list[StateCallback] = []
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def __aenter__(self) -> AsyncClient:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def start(self) -> None:
+        """Start connecting in the background; calls wait until the link is ready."""
+        if self._task_group is not None:
+            return
+        self._supervisor = ConnectionSupervisor(
+            role="client", address=self.address, transport=self._transport,
+            link_options=LinkOptions(max_message_size=self.max_message_size,
+                                     connect_timeout=self.settings.connection_timeout, tls=self._tls),
+            settings=self.settings, policy=self._policy, probes=self._probes, hello=self._hello,
+            on_frame=self._on_frame, on_link_lost=self._on_link_lost, plugins=self._plugins,
+        )
+        for callback in self._callbacks:
+            self._supervisor.on_state_change(callback)
+        self._task_group = anyio.create_task_group()
+        await self._task_group.__aenter__()
+        self._task_group.start_soon(self._keep_connected)
+
+    async def _keep_connected(self) -> None:
+        assert self._supervisor is not None
+        try:
+            await self._supervisor.run()
+        except (GatewayUnavailableError, ConnectionLostError) as exc:
+            logger.error("Client gave up on gateway %s: %s", self.address, exc)
+        finally:
+            for pending in list(self._pending.values()):
+                pending.answers.send_nowait(_LinkLost("the client is closed"))
+
+    async def aclose(self) -> None:
+        tg, self._task_group = self._task_group, None
+        if tg is not None:
+            tg.cancel_scope.cancel()
+            await tg.__aexit__(None, None, None)
+
+    def on_state_change(self, callback: StateCallback) -> None:
+        self._callbacks.append(callback)
+        if self._supervisor is not None:
+            self._supervisor.on_state_change(callback)
+
+    @property
+    def state(self) -> ConnectionState:
+        return self._supervisor.state if self._supervisor is not None else ConnectionState.IDLE
+
+    async def wait_ready(self) -> None:
+        await self._link()
+
+    # -- calls ----------------------------------------------------------------------------
+
+    async def execute(self, function: str, *args: Any, node_id: str | None = None,
+                      timeout: float | None = None, **kwargs: Any) -> Any:
+        """Run ``function(*args, **kwargs)`` on a node and return its result.
+
+        ``node_id`` pins a node; ``timeout`` bounds the whole call (waiting for
+        the gateway or a reconnecting node included). A function whose own
+        parameters are named ``node_id`` or ``timeout`` can be called with ``call``.
+        """
+        return await self.call(function, args, kwargs, node_id=node_id, timeout=timeout)
+
+    async def call(self, function: str, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None, *,
+                   node_id: str | None = None, timeout: float | None = None) -> Any:
+        async with self._open_call(function, args, kwargs or {}, node_id, timeout, streaming=False) as answers:
+            envelope = await answers()
+            kind = envelope.WhichOneof("body")
+            if kind == "result":
+                return load_value(envelope.result.payload)
+            raise error_from_frame(envelope.error)
+
+    async def stream(self, function: str, *args: Any, node_id: str | None = None,
+                     timeout: float | None = None, **kwargs: Any) -> AsyncIterator[Any]:
+        """Iterate over the items a generator function yields on a node."""
+        async with self._open_call(function, args, kwargs, node_id, timeout, streaming=True) as answers:
+            while True:
+                envelope = await answers()
+                kind = envelope.WhichOneof("body")
+                if kind == "item":
+                    yield load_value(envelope.item.payload)
+                elif kind == "end":
+                    return
+                elif kind == "result":  # the function was not a generator after all
+                    yield load_value(envelope.result.payload)
+                    return
+                else:
+                    raise error_from_frame(envelope.error)
+
+    def _open_call(self, function: str, args: tuple[Any, ...], kwargs: dict[str, Any], node_id: str | None,
+                   timeout: float | None, *, streaming: bool) -> _CallContext:
+        if not isinstance(function, str) or not function:
+            raise TypeError(f"function must be a function name, got {function!r}")
+        limit = number("timeout", timeout, above=0) if timeout is not None else self.timeout
+        payload = dump_arguments(tuple(args), dict(kwargs))
+        if len(payload) > self.max_message_size - ENVELOPE_OVERHEAD:
+            raise MessageTooLargeError(
+                f"the arguments of {function} pickle to {len(payload)} bytes, over max_message_size "
+                f"({self.max_message_size})"
+            )
+        request = pb.CallRequest(call_id=uuid.uuid4().hex, function=function, payload=payload,
+                                 node_id=node_id or "", streaming=streaming)
+        return _CallContext(self, request, limit)
+
+    async def _link(self) -> Link:
+        if self._supervisor is None:
+            raise RuntimeError("the client is not started: use 'async with AsyncClient(...)'")
+        return await self._supervisor.wait_ready()
+
+    def _send(self, pending: _Pending, link: Link, remaining: float) -> None:
+        pending.request.attempt += 1
+        pending.request.timeout = remaining
+        pending.link = link
+        link.send(pb.Envelope(call=pending.request))
+
+    async def list_nodes(self, timeout: float | None = None) -> list[NodeInfo]:
+        """The nodes the gateway knows, with their functions and state."""
+        request_id = uuid.uuid4().hex
+        send, receive = anyio.create_memory_object_stream[pb.NodeList](1)
+        self._queries[request_id] = send
+        try:
+            with anyio.fail_after(timeout or self.timeout):
+                link = await self._link()
+                link.send(pb.Envelope(list_nodes=pb.ListNodes(request_id=request_id)))
+                reply = await receive.receive()
+        except TimeoutError:
+            raise GatewayUnavailableError(f"gateway {self.address} did not answer list_nodes in time") from None
+        finally:
+            del self._queries[request_id]
+            send.close()
+            receive.close()
+        return [NodeInfo(node_id=n.node_id, functions=tuple(n.functions), state=n.state, in_flight=n.in_flight,
+                         max_queue_size=n.max_queue_size, connected_for=n.connected_for, peer=n.peer)
+                for n in reply.nodes]
+
+    # -- the link -------------------------------------------------------------------------
+
+    def _hello(self) -> pb.Hello:
+        return pb.Hello(role=pb.ROLE_CLIENT, token=self.auth_token or "",
+                        heartbeat_interval=self.settings.heartbeat_interval,
+                        heartbeat_timeout=self.settings.heartbeat_timeout, software="easyremote")
+
+    def _on_frame(self, envelope: pb.Envelope) -> None:
+        kind = envelope.WhichOneof("body")
+        if kind in ("result", "error", "item", "end"):
+            pending = self._pending.get(getattr(envelope, kind).call_id)
+            if pending is not None:
+                pending.answers.send_nowait(envelope)
+        elif kind == "node_list":
+            query = self._queries.get(envelope.node_list.request_id)
+            if query is not None:
+                query.send_nowait(envelope.node_list)
+        elif kind == "go_away":
+            link = self._supervisor.link if self._supervisor is not None else None
+            if link is not None:
+                link.close(f"gateway asked to reconnect later: {envelope.go_away.reason}")
+
+    def _on_link_lost(self, reason: str) -> None:
+        for pending in list(self._pending.values()):
+            pending.answers.send_nowait(_LinkLost(reason))
+
+
+class _CallContext:
+    """One call in flight: sends it, re-sends it after a reconnect, cancels it on timeout."""
+
+    def __init__(self, client: AsyncClient, request: pb.CallRequest, timeout: float) -> None:
+        self._client = client
+        self._request = request
+        self._timeout = timeout
+        self._items = 0
+
+    async def __aenter__(self) -> Callable[[], Any]:
+        client, request = self._client, self._request
+        send, self._receive = anyio.create_memory_object_stream[Any](math.inf)
+        self._pending = _Pending(request=request, answers=send)
+        client._pending[request.call_id] = self._pending
+        self._deadline = anyio.fail_after(self._timeout)
+        self._scope = self._deadline.__enter__()
+        try:
+            await self._dispatch()
+        except BaseException as exc:
+            self._close()
+            try:
+                self._deadline.__exit__(type(exc), exc, exc.__traceback__)
+            except TimeoutError:
+                pass  # the original exception says more
+            raise
+        return self._next
+
+    async def _dispatch(self) -> None:
+        try:
+            link = await self._client._link()
+        except TimeoutError:
+            raise GatewayUnavailableError(
+                f"gateway {self._client.address} was not reachable within {self._timeout:g} s "
+                f"({self._client._supervisor.last_error if self._client._supervisor else 'not started'})"
+            ) from None
+        self._client._send(self._pending, link, max(self._scope.deadline - anyio.current_time(), 0.001))
+
+    async def _next(self) -> pb.Envelope:
+        while True:
+            answer = await self._receive.receive()
+            if isinstance(answer, _LinkLost):
+                if self._items:  # a stream cannot be resumed part-way
+                    raise ConnectionLostError(f"the link to the gateway was lost mid-stream: {answer.reason}")
+                logger.info("Link lost during call %s of %r (%s); asking again after reconnecting",
+                            self._request.call_id, self._request.function, answer.reason)
+                await self._dispatch()
+                continue
+            if answer.WhichOneof("body") == "item":
+                self._items += 1
+            return answer
+
+    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+        self._close()
+        try:
+            suppressed = self._deadline.__exit__(exc_type, exc, tb)
+        except TimeoutError:
+            self._cancel_remote("timed out")
+            raise CallTimeoutError(
+                f"{self._request.function} did not answer within {self._timeout:g} s"
+            ) from None
+        if exc_type is not None and not issubclass(exc_type, Exception):
+            self._cancel_remote("the caller was cancelled")
+        return bool(suppressed)
+
+    def _cancel_remote(self, reason: str) -> None:
+        link = self._pending.link
+        if link is not None and not link.ended.is_set():
+            link.send(pb.Envelope(cancel=pb.Cancel(call_id=self._request.call_id, reason=reason)))
+
+    def _close(self) -> None:
+        self._client._pending.pop(self._request.call_id, None)
+        self._pending.answers.close()
+        self._receive.close()
+
+
+class Client:
+    """The blocking client: ``Client("host:8080").execute("add", 1, 2)``.
+
+    It runs an :class:`AsyncClient` on an event loop in a worker thread of its own.
+    """
+
+    def __init__(self, gateway: str, timeout: float = 30.0, auth_token: str | None = None, **options: Any) -> None:
+        self._options = dict(gateway=gateway, timeout=timeout, auth_token=auth_token, **options)
+        AsyncClient(**self._options)  # validate here, before a thread starts
+        self._portal_cm: AbstractContextManager[anyio.from_thread.BlockingPortal] | None = \
+            anyio.from_thread.start_blocking_portal()
+        self._portal = self._portal_cm.__enter__()
+        try:
+            self._client = self._portal.call(self._make)
+        except BaseException:
+            self.close()
+            raise
+
+    async def _make(self) -> AsyncClient:
+        client = AsyncClient(**self._options)
+        await client.start()
+        return client
+
+    @property
+    def address(self) -> str:
+        return str(self._client.address)
+
+    @property
+    def state(self) -> ConnectionState:
+        return self._client.state
+
+    def execute(self, function: str, *args: Any, node_id: str | None = None, timeout: float | None = None,
+                **kwargs: Any) -> Any:
+        return self._portal.call(functools.partial(self._client.call, function, args, kwargs,
+                                                   node_id=node_id, timeout=timeout))
+
+    def call(self, function: str, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None, *,
+             node_id: str | None = None, timeout: float | None = None) -> Any:
+        return self._portal.call(functools.partial(self._client.call, function, args, kwargs,
+                                                   node_id=node_id, timeout=timeout))
+
+    def stream(self, function: str, *args: Any, node_id: str | None = None, timeout: float | None = None,
+               **kwargs: Any) -> Iterator[Any]:
+        iterator = self._client.stream(function, *args, node_id=node_id, timeout=timeout, **kwargs)
+        try:
+            while True:
+                try:
+                    yield self._portal.call(iterator.__anext__)
+                except StopAsyncIteration:
+                    return
+        finally:
+            self._portal.call(iterator.aclose)
+
+    def list_nodes(self, timeout: float | None = None) -> list[NodeInfo]:
+        return self._portal.call(self._client.list_nodes, timeout)
+
+    def wait_ready(self, timeout: float | None = None) -> None:
+        async def wait() -> None:
+            with anyio.fail_after(timeout or self._client.timeout):
+                await self._client.wait_ready()
+
+        self._portal.call(wait)
+
+    def close(self) -> None:
+        cm, self._portal_cm = self._portal_cm, None
+        if cm is None:
+            return
+        client = getattr(self, "_client", None)
+        if client is not None:
+            self._portal.call(client.aclose)
+        cm.__exit__(None, None, None)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "_portal_cm", None) is not None:
+            try:
+                self.close()
+            except Exception:
+                pass

@@ -1,0 +1,529 @@
+"""The gateway: accepts nodes and clients, routes calls, evicts silent nodes."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import random
+import signal
+import uuid
+from collections.abc import Iterable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+
+import anyio
+from anyio.abc import TaskGroup
+
+from ._config import number, whole
+from ._errors import ConfigurationError, ConnectionLostError, EasyRemoteError, ProtocolError
+from ._link import Link
+from ._plugins import PluginManager, get_plugin_manager
+from ._protocol import PROTOCOL_VERSION, ErrorCode, code_name, decode, encode, error_frame, pb
+from ._resolve import resolve_transport, transport_name
+from ._transport import DEFAULT_MAX_MESSAGE_SIZE, Connection, LinkOptions, Listener, TLSConfig, Transport
+
+logger = logging.getLogger("easyremote.gateway")
+
+#: How many times an idempotent call is sent to a node before a lost node fails it.
+MAX_DELIVERIES = 3
+_TERMINAL = {"result", "error", "end"}
+
+
+@dataclass(eq=False)
+class _Peer:
+    link: Link
+    peer: str
+    calls: dict[str, _Call] = field(default_factory=dict)
+
+
+@dataclass(eq=False)
+class _NodeSession(_Peer):
+    node_id: str = ""
+    functions: dict[str, pb.FunctionSpec] = field(default_factory=dict)
+    max_queue_size: int = 1000
+    registered: bool = False
+    lost_at: float | None = None
+    connected_at: float = 0.0
+
+    @property
+    def state(self) -> str:
+        if self.lost_at is not None:
+            return "reconnecting"
+        return "ready" if self.registered else "connecting"
+
+
+@dataclass(eq=False)
+class _Call:
+    request: pb.CallRequest
+    client: _Peer | None
+    node: _NodeSession | None = None
+    idempotent: bool = False
+    deliveries: int = 0
+    started: float = 0.0
+    buffered: list[pb.Envelope] = field(default_factory=list)  # answers held while the client is away
+
+
+class Gateway:
+    """Accepts nodes and clients on one port and routes calls between them.
+
+    ``serve()`` blocks until Ctrl+C or SIGTERM; ``async with gateway:`` runs it in
+    the background for embedding. ``port`` is the bound port once started.
+    """
+
+    def __init__(
+        self,
+        port: int = 8080,
+        host: str = "0.0.0.0",
+        *,
+        transport: str | Transport | None = None,
+        heartbeat_timeout: float = 15.0,
+        auth_token: str | Iterable[str] | None = None,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        node_grace: float | None = None,
+        handshake_timeout: float = 10.0,
+        max_pending_handshakes: int = 256,
+        tls: TLSConfig | None = None,
+        plugins: PluginManager | None = None,
+    ) -> None:
+        self._requested_port = whole("port", port, minimum=0)
+        if port > 65535:
+            raise ConfigurationError(f"port ({port}) must be at most 65535")
+        if not isinstance(host, str) or not host:
+            raise ConfigurationError(f"host must be a non-empty string, got {host!r}")
+        self.host = host
+        self.heartbeat_timeout = number("heartbeat_timeout", heartbeat_timeout, above=0)
+        self.node_grace = self.heartbeat_timeout if node_grace is None else number("node_grace", node_grace, minimum=0)
+        self.handshake_timeout = number("handshake_timeout", handshake_timeout, above=0)
+        self.max_message_size = whole("max_message_size", max_message_size, minimum=1024)
+        self.max_pending_handshakes = whole("max_pending_handshakes", max_pending_handshakes, minimum=1)
+        if isinstance(auth_token, str):
+            auth_token = [auth_token]
+        self._tokens = [t.encode() for t in auth_token] if auth_token is not None else []
+        if auth_token is not None and not all(self._tokens):
+            raise ConfigurationError("auth_token must not be empty")
+        self._transport_choice = transport
+        self.transport_name = transport_name(transport)
+        self._tls = tls
+        self._plugins = plugins
+        self.gateway_id = f"gateway-{uuid.uuid4().hex[:8]}"
+        self._nodes: dict[str, _NodeSession] = {}
+        self._owners: dict[str, bytes] = {}
+        self._calls: dict[str, _Call] = {}
+        self._round_robin: dict[str, int] = {}
+        self._nodes_changed: anyio.Event | None = None
+        self._pending_handshakes = 0
+        self._listener: Listener | None = None
+        self._task_group: TaskGroup | None = None
+        self._stack: AsyncExitStack | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        return self._listener.port if self._listener is not None else self._requested_port
+
+    @property
+    def plugins(self) -> PluginManager:
+        if self._plugins is None:
+            self._plugins = get_plugin_manager()
+        return self._plugins
+
+    async def start(self) -> None:
+        """Bind and start serving in the background."""
+        if self._stack is not None:
+            raise RuntimeError("the gateway is already running")
+        transport = resolve_transport(self.plugins, self._transport_choice, tls=self._tls)
+        options = LinkOptions(max_message_size=self.max_message_size, tls=self._tls)
+        self._nodes_changed = anyio.Event()
+        stack = AsyncExitStack()
+        try:
+            self._listener = await transport.listen(self.host, self._requested_port, options)
+            stack.push_async_callback(self._listener.aclose)
+            self._task_group = await stack.enter_async_context(anyio.create_task_group())
+            self._task_group.start_soon(self._listener.serve, self._handle_connection)
+        except BaseException:
+            await stack.aclose()
+            self._listener = None
+            raise
+        self._stack = stack
+        logger.info("EasyRemote gateway listening on %s:%d (transport %s)", self.host, self.port, transport.name)
+        if not self._tokens:
+            logger.warning(
+                "No auth_token is set: anyone who can reach %s:%d can register nodes and run code on them",
+                self.host, self.port,
+            )
+
+    async def stop(self) -> None:
+        """Stop accepting, close every session, and fail the calls in flight."""
+        stack, self._stack = self._stack, None
+        if stack is None:
+            return
+        assert self._task_group is not None
+        self._task_group.cancel_scope.cancel()
+        await stack.aclose()
+        self._nodes.clear()
+        self._calls.clear()
+        logger.info("Gateway stopped")
+
+    async def __aenter__(self) -> Gateway:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    def serve(self) -> None:
+        """Serve until Ctrl+C or SIGTERM, then shut down gracefully."""
+        anyio.run(self._serve_until_signal)
+
+    async def _serve_until_signal(self) -> None:
+        async with self:
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for signum in signals:
+                    logger.info("Received %s, shutting down", signal.Signals(signum).name)
+                    break
+
+    # -- sessions -------------------------------------------------------------------------
+
+    async def _handle_connection(self, connection: Connection) -> None:
+        self._pending_handshakes += 1
+        try:
+            try:
+                with anyio.fail_after(self.handshake_timeout):
+                    hello = await self._receive_hello(connection)
+            except ProtocolError as exc:
+                logger.warning("Refused %s: ProtocolError: %s", connection.peer, exc)
+                await _send_quietly(connection, pb.Envelope(reject=pb.Reject(
+                    reason=pb.Reject.REASON_PROTOCOL, message=str(exc), protocol_version=PROTOCOL_VERSION)))
+                return
+            except (TimeoutError, anyio.EndOfStream, EasyRemoteError):
+                return  # a peer that left or never spoke (e.g. a reachability check)
+            refusal = self._check_hello(hello)
+            if refusal is not None:
+                logger.warning("Refused %s from %s: %s", _role(hello), connection.peer, refusal.message)
+                await _send_quietly(connection, pb.Envelope(reject=refusal))
+                return
+            if self._pending_handshakes > self.max_pending_handshakes:
+                retry_after = int(random.uniform(0.5, 1.5) * 1000 * self._pending_handshakes / self.max_pending_handshakes)
+                await _send_quietly(connection, pb.Envelope(go_away=pb.GoAway(
+                    retry_after_ms=retry_after, reason="gateway is busy accepting other peers")))
+                return
+        finally:
+            self._pending_handshakes -= 1
+        if hello.role == pb.ROLE_NODE:
+            await self._serve_node(connection, hello)
+        else:
+            await self._serve_client(connection, hello)
+
+    async def _receive_hello(self, connection: Connection) -> pb.Hello:
+        envelope = decode(await connection.receive())
+        if envelope.WhichOneof("body") != "hello":
+            raise ProtocolError(f"expected a hello frame first, got {envelope.WhichOneof('body')!r}")
+        return envelope.hello
+
+    def _check_hello(self, hello: pb.Hello) -> pb.Reject | None:
+        if hello.role not in (pb.ROLE_NODE, pb.ROLE_CLIENT):
+            return pb.Reject(reason=pb.Reject.REASON_PROTOCOL, message="hello names no role (node or client)")
+        token = hello.token.encode()
+        if self._tokens:
+            if not any(hmac.compare_digest(token, expected) for expected in self._tokens):
+                return pb.Reject(reason=pb.Reject.REASON_AUTH, message="missing or wrong auth token")
+        if hello.role == pb.ROLE_NODE:
+            if not hello.node_id or len(hello.node_id) > 200:
+                return pb.Reject(reason=pb.Reject.REASON_BAD_REQUEST, message="a node needs a node_id of 1-200 characters")
+            owner = self._owners.get(hello.node_id)
+            if owner is not None and not hmac.compare_digest(owner, token):
+                return pb.Reject(reason=pb.Reject.REASON_AUTH,
+                                 message=f"node_id {hello.node_id!r} belongs to a peer with another token")
+        return None
+
+    def _new_link(self, connection: Connection, hello: pb.Hello, on_frame, name: str) -> Link:
+        timeout = max(self.heartbeat_timeout, 2 * hello.heartbeat_interval)
+        return Link(
+            connection,
+            on_frame=on_frame,
+            heartbeat_interval=hello.heartbeat_interval or 5.0,
+            heartbeat_timeout=timeout,
+            health_check_interval=timeout,
+            probes=[self.plugins.health_probe("heartbeat")],
+            send_heartbeats=False,
+            peer_name=name,
+        )
+
+    def _welcome(self, link: Link) -> None:
+        link.send(pb.Envelope(welcome=pb.Welcome(
+            protocol_version=PROTOCOL_VERSION, session_id=uuid.uuid4().hex,
+            gateway_id=self.gateway_id, max_message_size=self.max_message_size)))
+
+    async def _serve_node(self, connection: Connection, hello: pb.Hello) -> None:
+        node_id = hello.node_id
+        session = _NodeSession(link=None, peer=connection.peer, node_id=node_id,  # type: ignore[arg-type]
+                               connected_at=anyio.current_time())
+        session.link = self._new_link(connection, hello, lambda env: self._on_node_frame(session, env),
+                                      f"node {node_id}")
+        self._owners.setdefault(node_id, hello.token.encode())
+        old = self._nodes.get(node_id)
+        self._nodes[node_id] = session
+        if old is not None:
+            old.link.close("replaced by a new session of the same node")
+            self._settle_lost_node_calls(old, "the node reconnected (its earlier session was replaced)")
+        self._welcome(session.link)
+        logger.info("Node %s connected from %s", node_id, connection.peer)
+        reason = await session.link.run()
+        self._node_session_ended(session, reason)
+
+    async def _serve_client(self, connection: Connection, hello: pb.Hello) -> None:
+        client = _Peer(link=None, peer=connection.peer)  # type: ignore[arg-type]
+        client.link = self._new_link(connection, hello, lambda env: self._on_client_frame(client, env),
+                                     f"client {connection.peer}")
+        self._welcome(client.link)
+        logger.debug("Client connected from %s", connection.peer)
+        await client.link.run()
+        self._client_session_ended(client)
+
+    # -- node frames ----------------------------------------------------------------------
+
+    def _on_node_frame(self, session: _NodeSession, envelope: pb.Envelope) -> None:
+        kind = envelope.WhichOneof("body")
+        if kind == "register":
+            self._register(session, envelope.register)
+        elif kind in ("result", "error", "item", "end"):
+            call_id = getattr(envelope, kind).call_id
+            call = session.calls.get(call_id)
+            if call is None:
+                return  # an answer to a call that was cancelled or re-routed
+            if kind in _TERMINAL:
+                self._finish(call, envelope)
+            else:
+                self._deliver(call, envelope)
+        else:
+            logger.debug("Ignoring a %s frame from node %s", kind, session.node_id)
+
+    def _register(self, session: _NodeSession, register: pb.Register) -> None:
+        session.functions = {spec.name: spec for spec in register.functions}
+        session.max_queue_size = register.max_queue_size or 1000
+        session.registered = True
+        names = sorted(session.functions)
+        session.link.send(pb.Envelope(registered=pb.Registered(functions=names)))
+        logger.info("Node %s registered %d function(s): %s", session.node_id, len(names), ", ".join(names))
+        self.plugins.notify("easyremote_node_registered", gateway_id=self.gateway_id,
+                            node_id=session.node_id, functions=names)
+        self._wake_waiters()
+
+    def _node_session_ended(self, session: _NodeSession, reason: str) -> None:
+        if self._nodes.get(session.node_id) is session:
+            session.lost_at = anyio.current_time()
+            logger.warning("Node %s lost: %s", session.node_id, reason)
+            self.plugins.notify("easyremote_node_lost", gateway_id=self.gateway_id,
+                                node_id=session.node_id, reason=reason)
+            if self._task_group is not None:
+                self._task_group.start_soon(self._forget_node_later, session)
+        self._settle_lost_node_calls(session, reason)
+
+    def _settle_lost_node_calls(self, session: _NodeSession, reason: str) -> None:
+        for call in list(session.calls.values()):
+            session.calls.pop(call.request.call_id, None)
+            call.node = None
+            if call.idempotent and call.deliveries < MAX_DELIVERIES:
+                logger.info("Re-routing idempotent call %s of %r after node %s was lost",
+                            call.request.call_id, call.request.function, session.node_id)
+                self._dispatch(call)
+            else:
+                self._finish(call, error_frame(
+                    call.request.call_id, ErrorCode.CODE_NODE_LOST,
+                    f"node {session.node_id} was lost while running {call.request.function!r}: {reason}",
+                    node_id=session.node_id))
+
+    async def _forget_node_later(self, session: _NodeSession) -> None:
+        await anyio.sleep(self.node_grace)
+        if self._nodes.get(session.node_id) is session:
+            del self._nodes[session.node_id]
+            logger.info("Node %s did not come back within %s s; forgotten", session.node_id, _g(self.node_grace))
+            self._wake_waiters()
+
+    # -- client frames --------------------------------------------------------------------
+
+    def _on_client_frame(self, client: _Peer, envelope: pb.Envelope) -> None:
+        kind = envelope.WhichOneof("body")
+        if kind == "call":
+            self._accept_call(client, envelope.call)
+        elif kind == "cancel":
+            call = self._calls.get(envelope.cancel.call_id)
+            if call is not None and call.client is client:
+                if call.node is not None:
+                    call.node.link.send(envelope)
+                self._forget(call)
+        elif kind == "list_nodes":
+            client.link.send(pb.Envelope(node_list=self._node_list(envelope.list_nodes.request_id)))
+        else:
+            logger.debug("Ignoring a %s frame from client %s", kind, client.peer)
+
+    def _accept_call(self, client: _Peer, request: pb.CallRequest) -> None:
+        existing = self._calls.get(request.call_id)
+        if existing is not None:  # the client reconnected and asks again: re-attach
+            existing.client = client
+            client.calls[request.call_id] = existing
+            held, existing.buffered = existing.buffered, []
+            for envelope in held:
+                client.link.send(envelope)
+                if envelope.WhichOneof("body") in _TERMINAL:
+                    self._forget(existing)
+            return
+        spec = self._function_spec(request.function)
+        call = _Call(request=request, client=client, idempotent=bool(spec and spec.idempotent),
+                     started=anyio.current_time())
+        if request.attempt > 1 and spec is not None and not spec.idempotent:
+            client.link.send(error_frame(
+                request.call_id, ErrorCode.CODE_CANCELLED,
+                f"the gateway lost call {request.call_id} of {request.function!r} while the link was down; "
+                "it may or may not have run, and it is not retried because the function is not idempotent"))
+            return
+        self._calls[request.call_id] = call
+        client.calls[request.call_id] = call
+        self._dispatch(call)
+
+    def _dispatch(self, call: _Call) -> None:
+        """Send the call to a node now, wait for one that is coming back, or fail it."""
+        request = call.request
+        node, problem = self._pick(request.function, request.node_id)
+        if node is not None:
+            call.node = node
+            call.deliveries += 1
+            node.calls[request.call_id] = call
+            request.attempt = call.deliveries
+            node.link.send(pb.Envelope(call=request))
+            self.plugins.notify("easyremote_call_started", gateway_id=self.gateway_id,
+                                call_id=request.call_id, function=request.function, node_id=node.node_id)
+        elif problem == "wait" and self._task_group is not None:
+            self._task_group.start_soon(self._wait_for_node, call)
+        else:
+            code, message = problem
+            self._finish(call, error_frame(request.call_id, code, message))
+
+    def _pick(self, function: str, node_id: str) -> tuple[_NodeSession | None, object]:
+        if node_id:
+            node = self._nodes.get(node_id)
+            if node is None:
+                return None, (ErrorCode.CODE_NO_NODE, f"node {node_id!r} is not connected")
+            if function not in node.functions:
+                return None, (ErrorCode.CODE_NO_NODE, f"node {node_id!r} does not serve {function!r}")
+            candidates = [node]
+        else:
+            candidates = [n for n in self._nodes.values() if function in n.functions]
+        if not candidates:
+            return None, (ErrorCode.CODE_NO_NODE, f"no node serves {function!r}")
+        ready = [n for n in candidates if n.lost_at is None and n.registered]
+        if not ready:
+            return None, "wait"
+        open_nodes = [n for n in ready if len(n.calls) < n.max_queue_size]
+        if not open_nodes:
+            return None, (ErrorCode.CODE_NODE_BUSY, f"every node serving {function!r} has a full queue")
+        turn = self._round_robin.get(function, 0)
+        self._round_robin[function] = turn + 1
+        return open_nodes[turn % len(open_nodes)], None
+
+    async def _wait_for_node(self, call: _Call) -> None:
+        request = call.request
+        limit = request.timeout if request.timeout > 0 else self.node_grace
+        with anyio.move_on_after(limit):
+            while call.node is None and self._calls.get(request.call_id) is call:
+                assert self._nodes_changed is not None
+                await self._nodes_changed.wait()
+                node, problem = self._pick(request.function, request.node_id)
+                if node is not None or problem != "wait":
+                    self._dispatch(call)
+                    return
+        if call.node is None and self._calls.get(request.call_id) is call:
+            self._finish(call, error_frame(request.call_id, ErrorCode.CODE_NO_NODE,
+                                           f"no node serving {request.function!r} came back in time"))
+
+    def _wake_waiters(self) -> None:
+        if self._nodes_changed is not None:
+            self._nodes_changed.set()
+            self._nodes_changed = anyio.Event()
+
+    def _client_session_ended(self, client: _Peer) -> None:
+        for call in list(client.calls.values()):
+            if call.client is client:
+                call.client = None
+        if client.calls and self._task_group is not None:
+            self._task_group.start_soon(self._forget_orphans_later, client)
+
+    async def _forget_orphans_later(self, client: _Peer) -> None:
+        await anyio.sleep(self.node_grace)
+        for call in list(client.calls.values()):
+            if call.client is None and self._calls.get(call.request.call_id) is call:
+                if call.node is not None:
+                    call.node.link.send(pb.Envelope(cancel=pb.Cancel(
+                        call_id=call.request.call_id, reason="the caller did not come back")))
+                self._forget(call)
+        client.calls.clear()
+
+    # -- answers --------------------------------------------------------------------------
+
+    def _deliver(self, call: _Call, envelope: pb.Envelope) -> None:
+        if call.client is not None:
+            call.client.link.send(envelope)
+        else:
+            call.buffered.append(envelope)
+
+    def _finish(self, call: _Call, envelope: pb.Envelope) -> None:
+        self._deliver(call, envelope)
+        outcome = "ok" if envelope.WhichOneof("body") != "error" else code_name(envelope.error.code)
+        node_id = call.node.node_id if call.node is not None else envelope.error.node_id
+        self.plugins.notify("easyremote_call_finished", gateway_id=self.gateway_id, call_id=call.request.call_id,
+                            function=call.request.function, node_id=node_id, outcome=outcome,
+                            duration=anyio.current_time() - call.started)
+        if call.node is not None:
+            call.node.calls.pop(call.request.call_id, None)
+        if call.client is not None:
+            self._forget(call)
+        # else: kept, answer held, until the caller re-attaches or _forget_orphans_later drops it
+
+    def _forget(self, call: _Call) -> None:
+        call_id = call.request.call_id
+        if self._calls.get(call_id) is call:
+            del self._calls[call_id]
+        if call.node is not None:
+            call.node.calls.pop(call_id, None)
+        if call.client is not None:
+            call.client.calls.pop(call_id, None)
+
+    # -- queries --------------------------------------------------------------------------
+
+    def _function_spec(self, function: str) -> pb.FunctionSpec | None:
+        for node in self._nodes.values():
+            spec = node.functions.get(function)
+            if spec is not None:
+                return spec
+        return None
+
+    def _node_list(self, request_id: str) -> pb.NodeList:
+        now = anyio.current_time()
+        return pb.NodeList(request_id=request_id, nodes=[
+            pb.NodeInfo(node_id=n.node_id, functions=sorted(n.functions), state=n.state, in_flight=len(n.calls),
+                        max_queue_size=n.max_queue_size, connected_for=now - n.connected_at, peer=n.peer)
+            for n in self._nodes.values()
+        ])
+
+    def nodes(self) -> dict[str, str]:
+        """``{node_id: state}`` of every node the gateway knows."""
+        return {node_id: node.state for node_id, node in self._nodes.items()}
+
+
+async def _send_quietly(connection: Connection, envelope: pb.Envelope) -> None:
+    try:
+        with anyio.move_on_after(2):
+            await connection.send(encode(envelope))
+    except (ConnectionLostError, EasyRemoteError):
+        pass
+
+
+def _role(hello: pb.Hello) -> str:
+    return f"node {hello.node_id!r}" if hello.role == pb.ROLE_NODE else "client"
+
+
+def _g(value: float) -> str:
+    return f"{value:g}"
+
+

@@ -1,0 +1,166 @@
+"""A running session over one connection: framing, heartbeats, probes, an outbound queue."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup
+
+from ._errors import ConnectionLostError, EasyRemoteError, MessageTooLargeError, ProtocolError
+from ._probes import HealthProbe, LinkDead, LinkHealth
+from ._protocol import decode, encode, pb
+from ._transport import Connection
+
+logger = logging.getLogger("easyremote.link")
+
+FrameHandler = Callable[[pb.Envelope], None]
+
+
+class Link:
+    """Carries envelopes over a connection until it ends; ``run`` returns why it ended.
+
+    Every frame from the peer refreshes ``health.last_received``. Heartbeats from
+    the peer are answered here; other frames go to ``on_frame``, which must not
+    block (it queues sends and starts tasks with ``start_soon``).
+    """
+
+    def __init__(
+        self,
+        connection: Connection,
+        *,
+        on_frame: FrameHandler,
+        heartbeat_interval: float,
+        heartbeat_timeout: float,
+        health_check_interval: float,
+        probes: Sequence[HealthProbe],
+        send_heartbeats: bool,
+        peer_name: str,
+    ) -> None:
+        self.connection = connection
+        self.health = LinkHealth(
+            connection=connection,
+            heartbeat_interval=heartbeat_interval,
+            heartbeat_timeout=heartbeat_timeout,
+            health_check_interval=health_check_interval,
+            last_received=anyio.current_time(),
+            peer_name=peer_name,
+        )
+        self._on_frame = on_frame
+        self._probes = list(probes)
+        self._send_heartbeats = send_heartbeats
+        self._outbox_in, self._outbox = anyio.create_memory_object_stream[bytes](math.inf)
+        self._task_group: TaskGroup | None = None
+        self._heartbeat_seq = 0
+        self.last_received_wall = time.time()  # wall clock of the last frame, for people reading status
+        self.end_reason = ""
+        self.ended = anyio.Event()
+
+    # -- sending -------------------------------------------------------------------------
+
+    def send(self, envelope: pb.Envelope) -> None:
+        """Queue one envelope; it is sent in order. Never blocks."""
+        try:
+            self._outbox_in.send_nowait(encode(envelope))
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            pass  # the link has ended; its calls are settled by whoever owns them
+
+    def start_soon(self, func: Callable[..., Any], *args: Any) -> None:
+        """Run a task that lives as long as this link."""
+        assert self._task_group is not None, "the link is not running"
+        self._task_group.start_soon(func, *args)
+
+    @property
+    def last_received(self) -> float:
+        return self.health.last_received
+
+    # -- running -------------------------------------------------------------------------
+
+    async def run(self) -> str:
+        """Run until the link ends (peer closed, broke, a probe declared it dead, or ``close``)."""
+        try:
+            async with anyio.create_task_group() as tg:
+                self._task_group = tg
+                tg.start_soon(self._sender)
+                tg.start_soon(self._receiver)
+                if self._send_heartbeats:
+                    tg.start_soon(self._heartbeats)
+                for probe in self._probes:
+                    tg.start_soon(self._watch, probe)
+        finally:
+            self._outbox_in.close()
+            self._outbox.close()
+            self.ended.set()
+            with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+                await self.connection.aclose()
+        return self.end_reason
+
+    def close(self, reason: str) -> None:
+        """End the link; ``run`` returns ``reason``."""
+        self._end(reason)
+
+    def _end(self, reason: str) -> None:
+        if not self.end_reason:
+            self.end_reason = reason
+        if self._task_group is not None:
+            self._task_group.cancel_scope.cancel()
+
+    async def _sender(self) -> None:
+        try:
+            async for frame in self._outbox:
+                try:
+                    await self.connection.send(frame)
+                except MessageTooLargeError as exc:  # senders check sizes first; never let one frame end the link
+                    logger.error("Dropped a frame to %s: %s", self.health.peer_name, exc)
+        except EasyRemoteError as exc:
+            self._end(_describe(exc))
+
+    async def _receiver(self) -> None:
+        health = self.health
+        try:
+            while True:
+                frame = await self.connection.receive()
+                health.last_received = anyio.current_time()
+                self.last_received_wall = time.time()
+                envelope = decode(frame)
+                if envelope.WhichOneof("body") == "heartbeat":
+                    if not envelope.heartbeat.reply:
+                        self.send(pb.Envelope(heartbeat=pb.Heartbeat(seq=envelope.heartbeat.seq, reply=True)))
+                    continue
+                try:
+                    self._on_frame(envelope)
+                except EasyRemoteError:
+                    raise
+                except Exception:  # a bug in a frame handler must not take the link down
+                    logger.exception("error handling a %s frame", envelope.WhichOneof("body"))
+        except anyio.EndOfStream:
+            self._end("peer closed the connection")
+        except ProtocolError as exc:
+            logger.error("Protocol error from %s: %s", health.peer_name, exc)
+            self._end(f"protocol error: {exc}")
+        except EasyRemoteError as exc:
+            self._end(_describe(exc))
+
+    async def _heartbeats(self) -> None:
+        interval = self.health.heartbeat_interval
+        while True:
+            await anyio.sleep(interval)
+            self._heartbeat_seq += 1
+            self.send(pb.Envelope(heartbeat=pb.Heartbeat(seq=self._heartbeat_seq)))
+
+    async def _watch(self, probe: HealthProbe) -> None:
+        try:
+            await probe.watch(self.health)
+        except LinkDead as exc:
+            self._end(str(exc) or f"{probe.name} probe declared the link dead")
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    if isinstance(exc, ConnectionLostError):
+        return text or "connection lost"
+    return text or type(exc).__name__

@@ -1,0 +1,490 @@
+"""The compute node: registers functions with the gateway and runs the calls it routes."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar, overload
+
+import anyio
+import anyio.abc
+import anyio.from_thread
+import anyio.lowlevel
+import anyio.to_thread
+
+from ._address import parse_address
+from ._config import LinkSettings, number, whole
+from ._errors import ConfigurationError
+from ._link import Link
+from ._plugins import PluginManager, get_plugin_manager
+from ._probes import HealthProbe
+from ._protocol import ErrorCode, dump_value, error_frame, exception_frame, load_arguments, pb
+from ._resolve import resolve_policy, resolve_probes, resolve_transport
+from ._retry import RetryPolicy
+from ._supervisor import ConnectionState, ConnectionSupervisor, StateCallback
+from ._transport import DEFAULT_MAX_MESSAGE_SIZE, LinkOptions, TLSConfig, Transport
+
+logger = logging.getLogger("easyremote.node")
+
+F = TypeVar("F", bound=Callable[..., Any])
+TOKEN_ENV = "EASYREMOTE_TOKEN"
+#: Room left in a frame for the envelope around a payload.
+ENVELOPE_OVERHEAD = 4096
+
+
+@dataclass(frozen=True)
+class RegisteredFunction:
+    name: str
+    func: Callable[..., Any]
+    kind: str  # "sync", "async", "generator" or "async-generator"
+    timeout: float | None
+    idempotent: bool
+
+    @property
+    def streaming(self) -> bool:
+        return self.kind in ("generator", "async-generator")
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    """A snapshot of a node, as ``node.status()`` returns it."""
+
+    node_id: str
+    state: str
+    connection_healthy: bool
+    reconnect_count: int
+    last_heartbeat_time: float | None
+    active_executions: int
+    registered_functions: tuple[str, ...]
+    last_error: str
+    gateway: str
+
+
+@dataclass
+class _Execution:
+    function: str
+    started: float
+    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+
+
+class ComputeNode:
+    """Connects out to a gateway, registers functions, and runs the calls routed to it.
+
+    It reconnects by itself (per its retry policy) whenever the link is lost, and
+    registers its functions again each time.
+    """
+
+    def __init__(
+        self,
+        vps_address: str,
+        node_id: str | None = None,
+        *,
+        reconnect_interval: float = 2.0,
+        max_reconnect_interval: float = 60.0,
+        max_retry_attempts: int | None = None,
+        heartbeat_interval: float = 5.0,
+        heartbeat_timeout: float = 15.0,
+        health_check_interval: float = 30.0,
+        connection_timeout: float = 10.0,
+        execution_timeout: float = 300.0,
+        max_queue_size: int = 1000,
+        max_concurrency: int | None = None,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        transport: str | Transport | None = None,
+        retry_policy: str | RetryPolicy | None = None,
+        health_probes: Iterable[str | HealthProbe] | None = None,
+        auth_token: str | None = None,
+        tls: TLSConfig | None = None,
+        plugins: PluginManager | None = None,
+    ) -> None:
+        self.address = parse_address(vps_address, parameter="vps_address")
+        if node_id is not None and (not isinstance(node_id, str) or not node_id.strip() or len(node_id) > 200):
+            raise ConfigurationError(f"node_id must be a non-empty string of at most 200 characters, got {node_id!r}")
+        self.node_id = node_id or f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
+        self.settings = LinkSettings(
+            reconnect_interval=reconnect_interval, max_reconnect_interval=max_reconnect_interval,
+            max_retry_attempts=max_retry_attempts, heartbeat_interval=heartbeat_interval,
+            heartbeat_timeout=heartbeat_timeout, health_check_interval=health_check_interval,
+            connection_timeout=connection_timeout,
+        )
+        self.execution_timeout = number("execution_timeout", execution_timeout, above=0)
+        self.max_queue_size = whole("max_queue_size", max_queue_size, minimum=1)
+        self.max_concurrency = whole("max_concurrency", max_concurrency or os.cpu_count() or 1, minimum=1)
+        self.max_message_size = whole("max_message_size", max_message_size, minimum=ENVELOPE_OVERHEAD * 2)
+        self.auth_token = auth_token if auth_token is not None else os.environ.get(TOKEN_ENV)
+        self._plugins = plugins or get_plugin_manager()
+        # Resolve plugins now, so that a wrong name fails at construction, not at serve().
+        self._transport = resolve_transport(self._plugins, transport, self.address, tls=tls)
+        self._policy = resolve_policy(self._plugins, retry_policy, base=self.settings.reconnect_interval,
+                                      cap=self.settings.max_reconnect_interval)
+        self._probes = resolve_probes(self._plugins, health_probes, self._transport)
+        self._tls = tls
+        self._functions: dict[str, RegisteredFunction] = {}
+        self._state_callbacks: list[StateCallback] = []
+        self._supervisor: ConnectionSupervisor | None = None
+        self._registered: anyio.Event | None = None
+        self._run_scope: anyio.CancelScope | None = None
+        self._token: anyio.lowlevel.EventLoopToken | None = None
+        self._stop_requested = False
+        self._last_error = ""
+        # Diagnostics the reconnection guide shows (kept in step with the supervisor).
+        self._active_executions: dict[str, _Execution] = {}
+        self._execution_tasks: dict[str, anyio.CancelScope] = {}
+
+    # -- registering ----------------------------------------------------------------------
+
+    @overload
+    def register(self, func: F) -> F: ...
+    @overload
+    def register(self, *, name: str | None = None, timeout: float | None = None,
+                 idempotent: bool = False) -> Callable[[F], F]: ...
+
+    def register(self, func: Any = None, *, name: str | None = None, timeout: float | None = None,
+                 idempotent: bool = False) -> Any:
+        """Register a function, bare (``@node.register``) or with options."""
+        if timeout is not None:
+            number("timeout", timeout, above=0)
+
+        def decorate(fn: F) -> F:
+            if not callable(fn):
+                raise ConfigurationError(f"register() needs a callable, got {fn!r}")
+            entry = RegisteredFunction(name=name or fn.__name__, func=fn, kind=_kind(fn), timeout=timeout,
+                                       idempotent=bool(idempotent))
+            self._functions[entry.name] = entry
+            link = self._supervisor.link if self._supervisor is not None else None
+            if link is not None:  # already connected: tell the gateway
+                if _off_loop(self._token):
+                    anyio.from_thread.run_sync(link.send, self._register_frame(), token=self._token)
+                else:
+                    link.send(self._register_frame())
+            return fn
+
+        return decorate(func) if func is not None else decorate
+
+    @property
+    def functions(self) -> dict[str, RegisteredFunction]:
+        return dict(self._functions)
+
+    def _register_frame(self) -> pb.Envelope:
+        specs = [pb.FunctionSpec(name=f.name, streaming=f.streaming, idempotent=f.idempotent, timeout=f.timeout or 0)
+                 for f in self._functions.values()]
+        return pb.Envelope(register=pb.Register(functions=specs, max_queue_size=self.max_queue_size,
+                                                max_concurrency=self.max_concurrency))
+
+    # -- running --------------------------------------------------------------------------
+
+    def serve(self) -> None:
+        """Serve, reconnecting per the retry policy, until Ctrl+C, SIGTERM or ``stop()``.
+
+        Raises ``GatewayUnavailableError`` when ``max_retry_attempts`` run out.
+        """
+        anyio.run(self._serve_with_signals)
+
+    async def _serve_with_signals(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            await self.run()
+            return
+        async with anyio.create_task_group() as tg:
+            async def on_signal() -> None:
+                with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                    async for signum in signals:
+                        logger.info("Received %s, stopping node %s", signal.Signals(signum).name, self.node_id)
+                        self.stop()
+                        return
+
+            tg.start_soon(on_signal)
+            await self.run()
+            tg.cancel_scope.cancel()
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Serve until ``stop()`` or cancellation (the async form of ``serve``)."""
+        if self._supervisor is not None:
+            raise RuntimeError(f"node {self.node_id} is already running")
+        self._token = anyio.lowlevel.current_token()
+        self._registered = anyio.Event()
+        self._stop_requested = False
+        supervisor = ConnectionSupervisor(
+            role="node", address=self.address, transport=self._transport,
+            link_options=LinkOptions(max_message_size=self.max_message_size,
+                                     connect_timeout=self.settings.connection_timeout, tls=self._tls),
+            settings=self.settings, policy=self._policy, probes=self._probes, hello=self._hello,
+            on_frame=self._on_frame, establish=self._establish, on_link_lost=self._on_link_lost,
+            plugins=self._plugins,
+        )
+        for callback in self._state_callbacks:
+            supervisor.on_state_change(callback)
+        self._supervisor = supervisor
+        task_status.started()
+        try:
+            with anyio.CancelScope() as self._run_scope:
+                if self._stop_requested:
+                    return
+                await supervisor.run()
+        finally:
+            self._last_error = supervisor.last_error
+            self._supervisor = None
+            self._finished = supervisor
+            self._run_scope = None
+            self._token = None
+            logger.info("Node %s stopped", self.node_id)
+
+    def stop(self) -> None:
+        """Stop serving; callable from any thread."""
+        self._stop_requested = True
+        token, scope = self._token, self._run_scope
+        if token is None or scope is None:
+            return
+        if _off_loop(token):
+            try:
+                anyio.from_thread.run_sync(scope.cancel, token=token)
+            except RuntimeError:
+                pass  # the loop has already finished
+        else:
+            scope.cancel()
+
+    async def __aenter__(self) -> ComputeNode:
+        self._background = anyio.create_task_group()
+        await self._background.__aenter__()
+        await self._background.start(self.run)
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        self.stop()
+        await self._background.__aexit__(*exc_info)
+
+    async def wait_ready(self) -> None:
+        """Wait until the node is registered with the gateway (``GatewayUnavailableError`` if it stops)."""
+        if self._supervisor is None:
+            raise RuntimeError(f"node {self.node_id} is not running")
+        await self._supervisor.wait_ready()
+
+    def on_state_change(self, callback: StateCallback) -> None:
+        """Call ``callback(old_state, new_state, reason)`` on every connection state change."""
+        self._state_callbacks.append(callback)
+        if self._supervisor is not None:
+            self._supervisor.on_state_change(callback)
+
+    # -- the link -------------------------------------------------------------------------
+
+    def _hello(self) -> pb.Hello:
+        return pb.Hello(role=pb.ROLE_NODE, node_id=self.node_id, token=self.auth_token or "",
+                        heartbeat_interval=self.settings.heartbeat_interval,
+                        heartbeat_timeout=self.settings.heartbeat_timeout, software="easyremote")
+
+    async def _establish(self, link: Link) -> None:
+        self._registered = anyio.Event()
+        link.send(self._register_frame())
+        await self._registered.wait()
+        logger.info("Registered to VPS successfully")
+
+    def _on_link_lost(self, reason: str) -> None:
+        self._last_error = reason
+        for call_id, execution in list(self._active_executions.items()):
+            execution.scope.cancel()
+            logger.info("Cancelled %s (call %s): the link to the gateway was lost", execution.function, call_id)
+
+    def _on_frame(self, envelope: pb.Envelope) -> None:
+        kind = envelope.WhichOneof("body")
+        link = self._current_link()
+        if kind == "call":
+            if link is not None:
+                self._accept(link, envelope.call)
+        elif kind == "cancel":
+            execution = self._active_executions.get(envelope.cancel.call_id)
+            if execution is not None:
+                execution.scope.cancel()
+        elif kind == "registered":
+            if self._registered is not None:
+                self._registered.set()
+        elif kind == "go_away":
+            if link is not None:
+                link.close(f"gateway asked to reconnect later: {envelope.go_away.reason}")
+        else:
+            logger.debug("Ignoring a %s frame from the gateway", kind)
+
+    def _current_link(self) -> Link | None:
+        return self._supervisor.link if self._supervisor is not None else None
+
+    def _accept(self, link: Link, request: pb.CallRequest) -> None:
+        entry = self._functions.get(request.function)
+        if entry is None:
+            link.send(error_frame(request.call_id, ErrorCode.CODE_NO_NODE,
+                                  f"node {self.node_id} does not serve {request.function!r}", node_id=self.node_id))
+            return
+        if len(self._active_executions) >= self.max_queue_size:
+            link.send(error_frame(request.call_id, ErrorCode.CODE_NODE_BUSY,
+                                  f"node {self.node_id} has {self.max_queue_size} calls queued or running "
+                                  "(max_queue_size)", node_id=self.node_id))
+            return
+        execution = _Execution(function=entry.name, started=time.time())
+        self._active_executions[request.call_id] = execution
+        self._execution_tasks[request.call_id] = execution.scope
+        link.start_soon(self._execute, link, entry, request, execution)
+
+    async def _execute(self, link: Link, entry: RegisteredFunction, request: pb.CallRequest,
+                       execution: _Execution) -> None:
+        call_id = request.call_id
+        timeout = entry.timeout or self.execution_timeout
+        try:
+            with execution.scope:
+                with anyio.move_on_after(timeout) as timer:
+                    await self._run_call(link, entry, request)
+                if timer.cancelled_caught:
+                    link.send(error_frame(call_id, ErrorCode.CODE_TIMEOUT,
+                                          f"{entry.name} did not finish within {timeout:g} s and was cancelled",
+                                          node_id=self.node_id))
+        finally:
+            self._active_executions.pop(call_id, None)
+            self._execution_tasks.pop(call_id, None)
+
+    async def _run_call(self, link: Link, entry: RegisteredFunction, request: pb.CallRequest) -> None:
+        call_id = request.call_id
+        try:
+            args, kwargs = load_arguments(request.payload)
+        except Exception as exc:
+            link.send(exception_frame(call_id, exc, code=ErrorCode.CODE_BAD_ARGUMENTS, node_id=self.node_id))
+            return
+        limit = self.max_message_size - ENVELOPE_OVERHEAD
+        try:
+            if entry.kind == "sync":
+                value = await anyio.to_thread.run_sync(functools.partial(entry.func, *args, **kwargs),
+                                                       abandon_on_cancel=True, limiter=self._limiter)
+            elif entry.kind == "async":
+                async with self._limiter:
+                    value = await entry.func(*args, **kwargs)
+            else:
+                count = await self._stream(link, entry, call_id, args, kwargs, limit)
+                link.send(pb.Envelope(end=pb.StreamEnd(call_id=call_id, count=count)))
+                return
+        except _TooLarge as exc:
+            link.send(error_frame(call_id, ErrorCode.CODE_TOO_LARGE, str(exc), node_id=self.node_id))
+            return
+        except Exception as exc:
+            link.send(exception_frame(call_id, exc, node_id=self.node_id))
+            return
+        try:
+            payload = dump_value(value)
+        except Exception as exc:
+            link.send(exception_frame(call_id, exc, code=ErrorCode.CODE_BAD_RESULT, node_id=self.node_id))
+            return
+        if len(payload) > limit:
+            link.send(error_frame(call_id, ErrorCode.CODE_TOO_LARGE,
+                                  f"the result of {entry.name} is {len(payload)} bytes, over max_message_size "
+                                  f"({self.max_message_size})", node_id=self.node_id))
+            return
+        link.send(pb.Envelope(result=pb.Result(call_id=call_id, payload=payload)))
+
+    async def _stream(self, link: Link, entry: RegisteredFunction, call_id: str, args: tuple[Any, ...],
+                      kwargs: dict[str, Any], limit: int) -> int:
+        count = 0
+
+        def item_frame(item: Any) -> pb.Envelope:
+            payload = dump_value(item)
+            if len(payload) > limit:
+                raise _TooLarge(f"item {count} of {entry.name} is {len(payload)} bytes, over max_message_size")
+            return pb.Envelope(item=pb.StreamItem(call_id=call_id, index=count, payload=payload))
+
+        if entry.kind == "async-generator":
+            async with self._limiter:
+                agen = entry.func(*args, **kwargs)
+                try:
+                    async for item in agen:
+                        link.send(item_frame(item))
+                        count += 1
+                finally:
+                    await agen.aclose()
+            return count
+
+        stopped = threading.Event()
+
+        def drain() -> None:
+            nonlocal count
+            generator = entry.func(*args, **kwargs)
+            try:
+                for item in generator:
+                    if stopped.is_set():
+                        return
+                    frame = item_frame(item)
+                    anyio.from_thread.run_sync(link.send, frame)
+                    count += 1
+            finally:
+                generator.close()
+
+        try:
+            await anyio.to_thread.run_sync(drain, abandon_on_cancel=True, limiter=self._limiter)
+        finally:
+            stopped.set()
+        return count
+
+    @functools.cached_property
+    def _limiter(self) -> anyio.CapacityLimiter:
+        return anyio.CapacityLimiter(self.max_concurrency)
+
+    # -- status ---------------------------------------------------------------------------
+
+    @property
+    def _latest(self) -> ConnectionSupervisor | None:
+        return self._supervisor or self._finished
+
+    _finished: ConnectionSupervisor | None = None
+
+    @property
+    def state(self) -> ConnectionState:
+        return self._latest.state if self._latest is not None else ConnectionState.IDLE
+
+    @property
+    def _connection_healthy(self) -> bool:
+        return self.state is ConnectionState.READY
+
+    @property
+    def _reconnect_count(self) -> int:
+        return self._latest.reconnect_count if self._latest is not None else 0
+
+    @property
+    def _last_heartbeat_time(self) -> float | None:
+        """Wall-clock time (``time.time()``) of the last frame from the gateway."""
+        return self._latest.last_received_wall if self._latest is not None else None
+
+    def status(self) -> NodeStatus:
+        supervisor = self._latest
+        return NodeStatus(
+            node_id=self.node_id, state=self.state.value, connection_healthy=self._connection_healthy,
+            reconnect_count=self._reconnect_count, last_heartbeat_time=self._last_heartbeat_time,
+            active_executions=len(self._active_executions), registered_functions=tuple(sorted(self._functions)),
+            last_error=(supervisor.last_error if supervisor is not None else "") or self._last_error,
+            gateway=str(self.address),
+        )
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _kind(fn: Callable[..., Any]) -> str:
+    target = inspect.unwrap(fn)
+    if inspect.isasyncgenfunction(target):
+        return "async-generator"
+    if inspect.isgeneratorfunction(target):
+        return "generator"
+    if inspect.iscoroutinefunction(target) or inspect.iscoroutinefunction(getattr(target, "__call__", None)):
+        return "async"
+    return "sync"
+
+
+def _off_loop(token: anyio.lowlevel.EventLoopToken | None) -> bool:
+    """Whether the caller runs outside the event loop that ``token`` names."""
+    if token is None:
+        return False
+    try:
+        return anyio.lowlevel.current_token() != token
+    except RuntimeError:
+        return True

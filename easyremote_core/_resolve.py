@@ -1,0 +1,55 @@
+"""Turning ``transport=``, ``retry_policy=`` and ``health_probes=`` arguments into objects."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+
+from ._address import Address
+from ._plugins import PluginManager
+from ._probes import HealthProbe
+from ._retry import RetryPolicy
+from ._transport import TLSConfig, Transport
+
+TRANSPORT_ENV = "EASYREMOTE_TRANSPORT"
+RETRY_POLICY_ENV = "EASYREMOTE_RETRY_POLICY"
+DEFAULT_TRANSPORT = "grpc"
+DEFAULT_RETRY_POLICY = "exponential"
+
+
+def transport_name(choice: str | Transport | None, address: Address | None = None) -> str:
+    """The name that ``choice`` selects: explicit, else the address scheme, else the environment."""
+    if isinstance(choice, Transport):
+        return choice.name
+    if choice:
+        return choice
+    if address is not None and address.scheme:
+        return address.scheme
+    return os.environ.get(TRANSPORT_ENV) or DEFAULT_TRANSPORT
+
+
+def resolve_transport(
+    plugins: PluginManager, choice: str | Transport | None, address: Address | None = None,
+    *, tls: TLSConfig | None = None,
+) -> Transport:
+    if isinstance(choice, Transport):
+        return choice
+    name = transport_name(choice, address)
+    return plugins.transport(name, tls=tls) if tls is not None else plugins.transport(name)
+
+
+def resolve_policy(
+    plugins: PluginManager, choice: str | RetryPolicy | None, *, base: float, cap: float
+) -> RetryPolicy:
+    if isinstance(choice, RetryPolicy):
+        return choice
+    name = choice or os.environ.get(RETRY_POLICY_ENV) or DEFAULT_RETRY_POLICY
+    return plugins.retry_policy(name, base=base, cap=cap)
+
+
+def resolve_probes(
+    plugins: PluginManager, choice: Iterable[str | HealthProbe] | None, transport: Transport
+) -> list[HealthProbe]:
+    if choice is None:
+        return [*transport.default_probes(), plugins.health_probe("heartbeat")]
+    return [item if isinstance(item, HealthProbe) else plugins.health_probe(item) for item in choice]
