@@ -1,0 +1,448 @@
+"""The grpc transport on real loopback ports (grpc.aio: asyncio only)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import anyio
+import grpc
+import grpc.aio
+import pytest
+import trustme
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from easyremote_core import (
+    Address,
+    ConfigurationError,
+    Connection,
+    ConnectionLostError,
+    GatewayUnavailableError,
+    LinkDead,
+    LinkHealth,
+    LinkOptions,
+    MessageTooLargeError,
+    TLSConfig,
+    get_plugin_manager,
+)
+from easyremote_core.testing.memory import MemoryTransport
+from easyremote_grpc import ClientConnection, GrpcChannelStateProbe, GrpcListener, GrpcTransport
+
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
+
+LOCAL = "127.0.0.1"
+TIMEOUT = 20
+MiB = 1024 * 1024
+
+
+@asynccontextmanager
+async def serving(
+    handler: Callable[[Connection], Awaitable[None]],
+    transport: GrpcTransport | None = None,
+    options: LinkOptions | None = None,
+) -> AsyncIterator[GrpcListener]:
+    transport = transport or GrpcTransport()
+    listener = await transport.listen(LOCAL, 0, options or LinkOptions())
+    assert isinstance(listener, GrpcListener)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(listener.serve, handler)
+        try:
+            yield listener
+        finally:
+            await listener.aclose()
+            tg.cancel_scope.cancel()
+
+
+async def dial(port: int, transport: GrpcTransport | None = None, **options: object) -> Connection:
+    return await (transport or GrpcTransport()).connect(Address(LOCAL, port), LinkOptions(**options))  # type: ignore[arg-type]
+
+
+async def echo(connection: Connection) -> None:
+    try:
+        while True:
+            await connection.send(await connection.receive())
+    except anyio.EndOfStream:
+        pass
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((LOCAL, 0))
+        return sock.getsockname()[1]
+
+
+async def test_connect_and_echo() -> None:
+    async with serving(echo) as listener:
+        with anyio.fail_after(TIMEOUT):
+            async with await dial(listener.port) as connection:
+                assert connection.peer == f"{LOCAL}:{listener.port}"
+                await connection.send(b"hello")
+                assert await connection.receive() == b"hello"
+
+
+async def test_server_side_peer_is_readable() -> None:
+    peers: list[str] = []
+
+    async def handler(connection: Connection) -> None:
+        peers.append(connection.peer)
+        await echo(connection)
+
+    async with serving(handler) as listener, await dial(listener.port) as connection:
+        with anyio.fail_after(TIMEOUT):
+            await connection.send(b"x")
+            await connection.receive()
+    assert peers and peers[0].startswith(f"{LOCAL}:")
+
+
+async def test_frames_arrive_in_order() -> None:
+    count = 1000
+    async with serving(echo) as listener, await dial(listener.port) as connection:
+        received: list[int] = []
+
+        async def send_all() -> None:
+            for index in range(count):
+                await connection.send(index.to_bytes(4, "big"))
+
+        with anyio.fail_after(TIMEOUT):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(send_all)
+                for _ in range(count):
+                    received.append(int.from_bytes(await connection.receive(), "big"))
+    assert received == list(range(count))
+
+
+async def test_large_frame_both_ways() -> None:
+    frame = os.urandom(20 * MiB)
+    async with serving(echo) as listener, await dial(listener.port) as connection:
+        with anyio.fail_after(TIMEOUT):
+            await connection.send(frame)
+            assert await connection.receive() == frame
+
+
+async def test_oversized_frame_is_refused_before_sending() -> None:
+    options = LinkOptions(max_message_size=1024)
+    async with serving(echo, options=options) as listener:
+        connection = await GrpcTransport().connect(Address(LOCAL, listener.port), options)
+        async with connection:
+            with pytest.raises(MessageTooLargeError):
+                await connection.send(b"x" * 1025)
+            with anyio.fail_after(TIMEOUT):  # the link is still fine
+                await connection.send(b"x" * 1024)
+                assert await connection.receive() == b"x" * 1024
+
+
+async def test_frame_over_the_servers_limit_ends_the_link_not_the_server() -> None:
+    server_errors: list[BaseException] = []
+    server_saw_error = anyio.Event()
+
+    async def handler(connection: Connection) -> None:
+        try:
+            await echo(connection)
+        except ConnectionLostError as exc:
+            server_errors.append(exc)
+            server_saw_error.set()
+
+    async with serving(handler, options=LinkOptions(max_message_size=1024)) as listener:
+        with anyio.fail_after(TIMEOUT):
+            async with await dial(listener.port, max_message_size=4 * MiB) as connection:
+                await connection.send(b"x" * (1 * MiB))  # larger than the server accepts
+                with pytest.raises(ConnectionLostError, match="RESOURCE_EXHAUSTED"):
+                    await connection.receive()
+            await server_saw_error.wait()
+            async with await dial(listener.port) as connection:  # the server still serves
+                await connection.send(b"again")
+                assert await connection.receive() == b"again"
+    assert server_errors
+
+
+async def test_frame_over_the_clients_limit_ends_the_link_on_both_sides() -> None:
+    server_saw_error = anyio.Event()
+
+    async def handler(connection: Connection) -> None:
+        await connection.receive()
+        await connection.send(b"y" * (1 * MiB))  # larger than the client accepts
+        try:
+            await connection.receive()
+        except ConnectionLostError:
+            server_saw_error.set()
+
+    async with serving(handler, options=LinkOptions(max_message_size=4 * MiB)) as listener:
+        with anyio.fail_after(TIMEOUT):
+            async with await dial(listener.port, max_message_size=1024) as connection:
+                await connection.send(b"go")
+                with pytest.raises(ConnectionLostError, match="RESOURCE_EXHAUSTED"):
+                    await connection.receive()
+            await server_saw_error.wait()
+
+
+async def test_concurrent_senders() -> None:
+    senders, per_sender = 50, 20
+    async with serving(echo) as listener, await dial(listener.port) as connection:
+
+        async def send_from(sender: int) -> None:
+            for index in range(per_sender):
+                await connection.send(f"{sender}:{index}".encode())
+
+        received: list[tuple[int, int]] = []
+        with anyio.fail_after(TIMEOUT):
+            async with anyio.create_task_group() as tg:
+                for sender in range(senders):
+                    tg.start_soon(send_from, sender)
+                for _ in range(senders * per_sender):
+                    sender_text, index_text = (await connection.receive()).decode().split(":")
+                    received.append((int(sender_text), int(index_text)))
+    assert sorted(received) == [(s, i) for s in range(senders) for i in range(per_sender)]
+    for sender in range(senders):  # each sender's frames keep their order
+        assert [i for s, i in received if s == sender] == list(range(per_sender))
+
+
+async def test_handler_return_is_an_orderly_close_for_the_client() -> None:
+    async def handler(connection: Connection) -> None:
+        await connection.send(await connection.receive())
+
+    async with serving(handler) as listener, await dial(listener.port) as connection:
+        with anyio.fail_after(TIMEOUT):
+            await connection.send(b"only")
+            assert await connection.receive() == b"only"
+            with pytest.raises(anyio.EndOfStream):
+                await connection.receive()
+            with pytest.raises(anyio.EndOfStream):
+                await connection.receive()
+
+
+async def test_client_close_is_an_orderly_close_for_the_server() -> None:
+    outcome: list[str] = []
+    done = anyio.Event()
+
+    async def handler(connection: Connection) -> None:
+        try:
+            while True:
+                await connection.send(await connection.receive())
+        except anyio.EndOfStream:
+            outcome.append("end")
+        except ConnectionLostError as exc:
+            outcome.append(f"lost: {exc}")
+        finally:
+            done.set()
+
+    async with serving(handler) as listener:
+        with anyio.fail_after(TIMEOUT):
+            connection = await dial(listener.port)
+            await connection.send(b"x")
+            assert await connection.receive() == b"x"
+            await connection.aclose()
+            await connection.aclose()  # idempotent
+            await done.wait()
+            with pytest.raises(ConnectionLostError):
+                await connection.send(b"after close")
+            with pytest.raises(ConnectionLostError):
+                await connection.receive()
+    assert outcome == ["end"]
+
+
+async def test_receive_cancelled_by_a_timeout_keeps_the_link() -> None:
+    async with serving(echo) as listener, await dial(listener.port) as connection:
+        with anyio.move_on_after(0.05):
+            await connection.receive()  # nothing comes; the timeout must not end the link
+        with anyio.fail_after(TIMEOUT):
+            await connection.send(b"still here")
+            assert await connection.receive() == b"still here"
+
+
+async def test_closed_listener_is_seen_as_a_lost_link_at_once() -> None:
+    async with serving(echo) as listener:
+        connection = await dial(listener.port)
+        async with connection:
+            with anyio.fail_after(TIMEOUT):
+                await connection.send(b"x")
+                await connection.receive()
+            started = anyio.current_time()
+            await listener.aclose()
+            with anyio.fail_after(5), pytest.raises(ConnectionLostError):
+                await connection.receive()
+            assert anyio.current_time() - started < 1.0
+            with pytest.raises(ConnectionLostError):
+                await connection.send(b"y")
+
+
+_KILLABLE_GATEWAY = textwrap.dedent(
+    """
+    import anyio
+    from easyremote_core import LinkOptions
+    from easyremote_grpc import GrpcTransport
+
+    async def echo(connection):
+        while True:
+            await connection.send(await connection.receive())
+
+    async def main():
+        listener = await GrpcTransport().listen("127.0.0.1", 0, LinkOptions())
+        print(listener.port, flush=True)
+        await listener.serve(echo)
+
+    anyio.run(main)
+    """
+)
+
+
+async def test_killed_gateway_process_is_seen_as_a_lost_link_at_once() -> None:
+    process = await anyio.open_process([sys.executable, "-c", _KILLABLE_GATEWAY], stderr=subprocess.DEVNULL)
+    try:
+        assert process.stdout is not None
+        with anyio.fail_after(TIMEOUT):
+            port = int((await process.stdout.receive()).decode().split()[0])
+            connection = await dial(port)
+        async with connection:
+            with anyio.fail_after(TIMEOUT):
+                await connection.send(b"x")
+                assert await connection.receive() == b"x"
+            started = anyio.current_time()
+            process.send_signal(signal.SIGKILL)
+            with anyio.fail_after(5), pytest.raises(ConnectionLostError):
+                await connection.receive()
+            assert anyio.current_time() - started < 1.0
+    finally:
+        if process.returncode is None:
+            process.kill()
+        await process.wait()
+
+
+async def test_closed_port_is_unavailable_at_once() -> None:
+    port = free_port()
+    started = anyio.current_time()
+    with pytest.raises(GatewayUnavailableError, match=f"{LOCAL}:{port}.*refused"):
+        await dial(port, connect_timeout=10.0)
+    assert anyio.current_time() - started < 2.0
+
+
+async def test_port_taken_raises_oserror() -> None:
+    async with serving(echo) as listener:
+        with pytest.raises(OSError):
+            await GrpcTransport().listen(LOCAL, listener.port, LinkOptions())
+
+
+async def test_health_service_answers_serving() -> None:
+    async with serving(echo) as listener:
+        async with grpc.aio.insecure_channel(f"{LOCAL}:{listener.port}") as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            for service in ("", "easyremote.v1.Gateway"):
+                reply = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=TIMEOUT)
+                assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_health_turns_not_serving_while_shutting_down() -> None:
+    async with serving(echo, transport=GrpcTransport(shutdown_grace=5.0)) as listener:
+        async with grpc.aio.insecure_channel(f"{LOCAL}:{listener.port}") as channel:
+            watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""))
+            with anyio.fail_after(TIMEOUT):
+                assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(listener.aclose)
+                    assert (await watch.read()).status == health_pb2.HealthCheckResponse.NOT_SERVING
+                    watch.cancel()
+
+
+def _link(connection: Connection, interval: float = 30.0) -> LinkHealth:
+    return LinkHealth(connection=connection, heartbeat_interval=5.0, heartbeat_timeout=15.0,
+                      health_check_interval=interval)
+
+
+async def test_channel_state_probe_declares_the_link_dead_when_the_server_stops() -> None:
+    async with serving(echo) as listener:
+        connection = await dial(listener.port)
+        async with connection:
+            assert isinstance(connection, ClientConnection)
+            with anyio.fail_after(TIMEOUT):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(listener.aclose)
+                    with pytest.raises(LinkDead, match="gRPC channel state"):
+                        await GrpcChannelStateProbe().watch(_link(connection))
+
+
+async def test_channel_state_probe_watches_nothing_on_other_links() -> None:
+    finished = False
+
+    async def watch(connection: Connection) -> None:
+        nonlocal finished
+        await GrpcChannelStateProbe().watch(_link(connection))
+        finished = True
+
+    transport = MemoryTransport()
+    listener = await transport.listen(LOCAL, 0, LinkOptions())
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(listener.serve, echo)
+        connection = await transport.connect(Address(LOCAL, listener.port), LinkOptions())
+        with anyio.move_on_after(0.2):
+            await watch(connection)
+        await connection.aclose()
+        await listener.aclose()
+        tg.cancel_scope.cancel()
+    assert not finished
+
+
+async def test_keepalive_also_sets_tcp_user_timeout() -> None:
+    tcp_user_timeout = getattr(socket, "TCP_USER_TIMEOUT", None)
+    if tcp_user_timeout is None or not sys.platform.startswith("linux"):
+        pytest.skip("TCP_USER_TIMEOUT is a Linux socket option")
+    async with serving(echo) as listener, await dial(listener.port) as connection:
+        with anyio.fail_after(TIMEOUT):
+            await connection.send(b"x")
+            await connection.receive()
+        values = []
+        for name in os.listdir("/proc/self/fd"):
+            try:
+                sock = socket.socket(fileno=os.dup(int(name)))
+            except OSError:
+                continue
+            with sock:
+                if sock.family not in (socket.AF_INET, socket.AF_INET6) or sock.type != socket.SOCK_STREAM:
+                    continue
+                try:
+                    ends = {sock.getsockname()[1], sock.getpeername()[1]}
+                except OSError:
+                    continue  # the listening socket has no peer
+                if listener.port in ends:
+                    values.append(sock.getsockopt(socket.IPPROTO_TCP, tcp_user_timeout))
+        assert len(values) == 2  # the client's and the server's end
+        assert values == [3000, 3000]
+
+
+async def test_tls_link(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    server_cert = ca.issue_cert("localhost", LOCAL)
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    trustme.CA().cert_pem.write_to_path(str(tmp_path / "other-ca.pem"))
+    server_cert.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
+    server_cert.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
+    server_tls = TLSConfig(cert=str(tmp_path / "cert.pem"), key=str(tmp_path / "key.pem"))
+    async with serving(echo, transport=GrpcTransport(tls=server_tls)) as listener:
+        client = GrpcTransport(tls=TLSConfig(ca=str(tmp_path / "ca.pem")))
+        with anyio.fail_after(TIMEOUT):
+            async with await dial(listener.port, client) as connection:
+                await connection.send(b"secret")
+                assert await connection.receive() == b"secret"
+            with pytest.raises(GatewayUnavailableError):  # a client that trusts another CA
+                await dial(listener.port, GrpcTransport(tls=TLSConfig(ca=str(tmp_path / "other-ca.pem"))))
+
+
+def test_plugin_manager_resolves_grpc() -> None:
+    manager = get_plugin_manager()
+    transport = manager.transport("grpc")
+    assert isinstance(transport, GrpcTransport)
+    assert [type(p) for p in transport.default_probes()] == [GrpcChannelStateProbe]
+    assert isinstance(manager.health_probe("grpc-channel-state"), GrpcChannelStateProbe)
+
+
+@pytest.mark.parametrize("anyio_backend", ["trio"])
+async def test_trio_is_refused_with_a_clear_message() -> None:
+    with pytest.raises(ConfigurationError, match="asyncio only.*tcp"):
+        await GrpcTransport().connect(Address(LOCAL, 1), LinkOptions())
+    with pytest.raises(ConfigurationError, match="asyncio only"):
+        await GrpcTransport().listen(LOCAL, 0, LinkOptions())
