@@ -417,7 +417,7 @@ class Gateway:
             return None, "wait"
         open_nodes = [n for n in ready if len(n.calls) < n.max_queue_size]
         if not open_nodes:
-            return None, (ErrorCode.CODE_NODE_BUSY, f"every node serving {function!r} has a full queue")
+            return None, (ErrorCode.CODE_NODE_BUSY, f"every node serving {function!r} has a full queue (max_queue_size)")
         turn = self._round_robin.get(function, 0)
         self._round_robin[function] = turn + 1
         return open_nodes[turn % len(open_nodes)], None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import os
 from collections.abc import Callable, Iterable
@@ -44,17 +45,37 @@ class PluginManager(pluggy.PluginManager):
     def __init__(self) -> None:
         super().__init__(hookspecs.PROJECT)
         self.add_hookspecs(hookspecs)
+        self._dists: dict[int, str] = {}
+        self.failed: dict[str, str] = {}  # entry-point name -> why it did not load
 
     def load_entry_points(self) -> int:
-        """Load the ``easyremote`` group, except names listed in ``$EASYREMOTE_DISABLE_PLUGINS``."""
+        """Load the ``easyremote`` entry-point group, except names in ``$EASYREMOTE_DISABLE_PLUGINS``.
+
+        A plugin that fails to import is logged and skipped (its names are then
+        simply not available), so one broken plugin cannot stop every other.
+        """
         for name in _split(os.environ.get(DISABLE_ENV, "")):
             self.set_blocked(name)
-        return self.load_setuptools_entrypoints(hookspecs.PROJECT)
+        loaded = 0
+        for entry_point in importlib.metadata.entry_points(group=hookspecs.PROJECT):
+            if self.get_plugin(entry_point.name) or self.is_blocked(entry_point.name):
+                continue
+            try:
+                plugin = entry_point.load()
+            except Exception as exc:
+                self.failed[entry_point.name] = f"{type(exc).__name__}: {exc}"
+                logger.warning("EasyRemote plugin %r could not be loaded: %s", entry_point.name, exc)
+                continue
+            self.register(plugin, name=entry_point.name)
+            dist = entry_point.dist
+            self._dists[id(plugin)] = f"{dist.metadata['name']} {dist.version}" if dist else "<unknown>"
+            loaded += 1
+        return loaded
 
     def entries(self, kind: str) -> dict[str, PluginEntry]:
         """Every registered plugin of one kind, by name (the first registered wins)."""
         hook = getattr(self.hook, _KINDS[kind])
-        dists = {id(plugin): f"{dist.project_name} {dist.version}" for plugin, dist in self.list_plugin_distinfo()}
+        dists = self._dists
         found: dict[str, PluginEntry] = {}
         for impl in reversed(hook.get_hookimpls()):  # registration order
             mapping = impl.function()

@@ -1,0 +1,163 @@
+"""The ``easyremote`` command: gateway, nodes, call, plugins, demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+import anyio
+
+from easyremote_core import EasyRemoteError, get_plugin_manager
+from easyremote_core._client import Client
+from easyremote_core._errors import ConfigurationError, GatewayUnavailableError, RemoteExecutionError
+from easyremote_core._gateway import Gateway
+from easyremote_core._transport import TLSConfig
+
+EXIT_OK, EXIT_ERROR, EXIT_UNAVAILABLE = 0, 1, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="easyremote", description="Share compute through an EasyRemote gateway.")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    gateway = commands.add_parser("gateway", help="run a gateway", description="Run a gateway until Ctrl+C or SIGTERM.")
+    gateway.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
+    gateway.add_argument("--port", type=int, default=8080, help="port to listen on; 0 picks a free one (default 8080)")
+    gateway.add_argument("--transport", default=None, help="transport name (default $EASYREMOTE_TRANSPORT or grpc)")
+    gateway.add_argument("--token", default=None, help="shared secret nodes and clients must present")
+    gateway.add_argument("--heartbeat-timeout", type=float, default=15.0,
+                         help="evict a node silent for this many seconds (default 15)")
+    gateway.add_argument("--tls-cert", help="server certificate (PEM) to serve TLS")
+    gateway.add_argument("--tls-key", help="private key (PEM) of --tls-cert")
+    gateway.add_argument("--tls-client-ca", help="require client certificates signed by this CA (PEM)")
+
+    nodes = commands.add_parser("nodes", help="list the nodes a gateway knows",
+                                description="List the nodes a gateway knows, with their functions.")
+    nodes.add_argument("--gateway", required=True, help="gateway address, host:port")
+    nodes.add_argument("--token", default=None, help="auth token")
+    nodes.add_argument("--timeout", type=float, default=10.0, help="seconds to wait (default 10)")
+
+    call = commands.add_parser("call", help="call a function", description="Call a function on a node and print "
+                               "its result as JSON. Each argument is JSON (quote strings: '\"text\"').")
+    call.add_argument("--gateway", required=True, help="gateway address, host:port")
+    call.add_argument("--token", default=None, help="auth token")
+    call.add_argument("--node-id", default=None, help="run on this node")
+    call.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the result (default 30)")
+    call.add_argument("--kwargs", default=None, help="keyword arguments as a JSON object")
+    call.add_argument("function", help="function name")
+    call.add_argument("args", nargs="*", metavar="JSON_ARG", help="positional arguments, each a JSON value")
+
+    commands.add_parser("plugins", help="list transports, retry policies and probes",
+                        description="List every transport, retry policy and health probe with its distribution.")
+
+    demo = commands.add_parser("demo", help="run a gateway, a node and a client, and restart the gateway",
+                               description="Run a gateway, a node and a client on this machine, restart the "
+                               "gateway while the client keeps calling, and report the timings.")
+    demo.add_argument("--transport", default="grpc", help="transport to use (default grpc)")
+    demo.add_argument("--outage", type=float, default=2.0, help="seconds the gateway stays down (default 2)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    options = _parser().parse_args(argv)
+    level = logging.WARNING if options.quiet else logging.DEBUG if options.verbose > 1 else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return _COMMANDS[options.command](options)
+    except KeyboardInterrupt:
+        return 130
+    except GatewayUnavailableError as exc:
+        print(f"easyremote: gateway unavailable: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    except EasyRemoteError as exc:
+        print(f"easyremote: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except OSError as exc:
+        print(f"easyremote: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+def _gateway(options: argparse.Namespace) -> int:
+    tls = None
+    if options.tls_cert or options.tls_key:
+        if not (options.tls_cert and options.tls_key):
+            raise ConfigurationError("--tls-cert and --tls-key go together")
+        tls = TLSConfig(cert=options.tls_cert, key=options.tls_key, ca=options.tls_client_ca,
+                        require_client_cert=bool(options.tls_client_ca))
+    gateway = Gateway(port=options.port, host=options.host, transport=options.transport,
+                      heartbeat_timeout=options.heartbeat_timeout, auth_token=options.token, tls=tls)
+
+    async def run() -> None:
+        async with gateway:
+            print(f"EasyRemote gateway listening on {options.host}:{gateway.port}", flush=True)
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for signum in signals:
+                    logging.getLogger("easyremote").info("Received %s, shutting down", signal.Signals(signum).name)
+                    return
+
+    anyio.run(run)
+    return EXIT_OK
+
+
+def _nodes(options: argparse.Namespace) -> int:
+    with Client(options.gateway, timeout=options.timeout, auth_token=options.token) as client:
+        nodes = client.list_nodes()
+    if not nodes:
+        print("no nodes")
+        return EXIT_OK
+    print(f"{'NODE':24} {'STATE':13} {'IN FLIGHT':>9}  FUNCTIONS")
+    for node in nodes:
+        print(f"{node.node_id:24} {node.state:13} {node.in_flight:>9}  {', '.join(node.functions)}")
+    return EXIT_OK
+
+
+def _call(options: argparse.Namespace) -> int:
+    args = [_json(text, f"argument {i + 1}") for i, text in enumerate(options.args)]
+    kwargs = _json(options.kwargs, "--kwargs") if options.kwargs else {}
+    if not isinstance(kwargs, dict):
+        raise ConfigurationError("--kwargs must be a JSON object")
+    with Client(options.gateway, timeout=options.timeout, auth_token=options.token) as client:
+        try:
+            result = client.call(options.function, tuple(args), kwargs, node_id=options.node_id)
+        except RemoteExecutionError as exc:
+            print(f"easyremote: {options.function} raised {exc.type_name}: {exc.remote_message}", file=sys.stderr)
+            if exc.remote_traceback:
+                print(exc.remote_traceback.rstrip(), file=sys.stderr)
+            return EXIT_ERROR
+    try:
+        print(json.dumps(result))
+    except TypeError:
+        print(repr(result))
+    return EXIT_OK
+
+
+def _json(text: str, what: str) -> object:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigurationError(f"{what} is not valid JSON ({exc.msg}): {text!r}") from None
+
+
+def _plugins(options: argparse.Namespace) -> int:
+    manager = get_plugin_manager()
+    for kind in ("transport", "retry policy", "health probe"):
+        entries = manager.entries(kind)
+        print(f"{kind}s:".replace("ys:", "ies:"))
+        for name, entry in sorted(entries.items()):
+            print(f"  {name:24} {entry.distribution:24} (plugin {entry.plugin})")
+    return EXIT_OK
+
+
+def _demo(options: argparse.Namespace) -> int:
+    from ._demo import run_demo
+
+    return run_demo(transport=options.transport, outage=options.outage)
+
+
+_COMMANDS = {"gateway": _gateway, "nodes": _nodes, "call": _call, "plugins": _plugins, "demo": _demo}
