@@ -242,7 +242,7 @@ class TcpListener(Listener):
 
     async def serve(self, handler: ConnectionHandler) -> None:
         if self._closed:
-            raise anyio.ClosedResourceError("the listener is closed")
+            return
         try:
             async with anyio.create_task_group() as tg:
                 self._task_group = tg
