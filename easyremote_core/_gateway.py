@@ -265,12 +265,17 @@ class Gateway:
         old = self._nodes.get(node_id)
         self._nodes[node_id] = session
         if old is not None:
-            old.link.close("replaced by a new session of the same node")
+            reason = "replaced by a new session of the same node"
+            if old.lost_at is None:
+                logger.warning("Node %s lost: %s", node_id, reason)
+                self.plugins.notify("easyremote_node_lost", gateway_id=self.gateway_id, node_id=node_id,
+                                    reason=reason)
+            old.link.close(reason)
             self._settle_lost_node_calls(old, "the node reconnected (its earlier session was replaced)")
         self._welcome(session.link)
         logger.info("Node %s connected from %s", node_id, connection.peer)
-        reason = await session.link.run()
-        self._node_session_ended(session, reason)
+        session.link.on_end = lambda reason: self._node_session_ended(session, reason)
+        await session.link.run()
 
     async def _serve_client(self, connection: Connection, hello: pb.Hello) -> None:
         client = _Peer(link=None, peer=connection.peer)  # type: ignore[arg-type]
@@ -278,8 +283,8 @@ class Gateway:
                                      f"client {connection.peer}")
         self._welcome(client.link)
         logger.debug("Client connected from %s", connection.peer)
+        client.link.on_end = lambda reason: self._client_session_ended(client)
         await client.link.run()
-        self._client_session_ended(client)
 
     # -- node frames ----------------------------------------------------------------------
 

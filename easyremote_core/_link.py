@@ -59,6 +59,8 @@ class Link:
         self.last_received_wall = time.time()  # wall clock of the last frame, for people reading status
         self.end_reason = ""
         self.ended = anyio.Event()
+        self.on_end: Callable[[str], None] | None = None  # called once, as soon as the link has ended
+        self._orderly = False
 
     # -- sending -------------------------------------------------------------------------
 
@@ -95,12 +97,19 @@ class Link:
             self._outbox_in.close()
             self._outbox.close()
             self.ended.set()
-            with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+            if self.on_end is not None:
+                try:
+                    self.on_end(self.end_reason or "connection closed")
+                except Exception:
+                    logger.exception("error settling the end of the link to %s", self.health.peer_name)
+            # An orderly close may wait briefly for the peer; a dead link is not worth waiting for.
+            with anyio.CancelScope(shield=True), anyio.move_on_after(2 if self._orderly else 0.25):
                 await self.connection.aclose()
         return self.end_reason
 
     def close(self, reason: str) -> None:
         """End the link; ``run`` returns ``reason``."""
+        self._orderly = True
         self._end(reason)
 
     def _end(self, reason: str) -> None:
@@ -138,6 +147,7 @@ class Link:
                 except Exception:  # a bug in a frame handler must not take the link down
                     logger.exception("error handling a %s frame", envelope.WhichOneof("body"))
         except anyio.EndOfStream:
+            self._orderly = True
             self._end("peer closed the connection")
         except ProtocolError as exc:
             logger.error("Protocol error from %s: %s", health.peer_name, exc)
