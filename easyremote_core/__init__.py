@@ -21,6 +21,7 @@ from ._errors import (
 from ._plugins import PluginEntry, PluginManager, get_plugin_manager, reset_plugin_manager
 from ._probes import HealthProbe, LinkDead, LinkHealth
 from ._protocol import PROTOCOL_VERSION
+from ._reachability import wait_until_listening
 from ._retry import RetryPolicy
 from ._transport import Connection, ConnectionHandler, LinkOptions, Listener, TLSConfig, Transport
 from .hookspecs import hookimpl
@@ -57,4 +58,5 @@ __all__ = [
     "hookimpl",
     "parse_address",
     "reset_plugin_manager",
+    "wait_until_listening",
 ]

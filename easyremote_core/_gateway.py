@@ -80,6 +80,7 @@ class Gateway:
         auth_token: str | Iterable[str] | None = None,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         node_grace: float | None = None,
+        startup_grace: float | None = None,
         handshake_timeout: float = 10.0,
         max_pending_handshakes: int = 256,
         tls: TLSConfig | None = None,
@@ -93,6 +94,9 @@ class Gateway:
         self.host = host
         self.heartbeat_timeout = number("heartbeat_timeout", heartbeat_timeout, above=0)
         self.node_grace = self.heartbeat_timeout if node_grace is None else number("node_grace", node_grace, minimum=0)
+        self.startup_grace = self.node_grace if startup_grace is None else number(
+            "startup_grace", startup_grace, minimum=0)
+        self._accepting_unknown_until = 0.0
         self.handshake_timeout = number("handshake_timeout", handshake_timeout, above=0)
         self.max_message_size = whole("max_message_size", max_message_size, minimum=1024)
         self.max_pending_handshakes = whole("max_pending_handshakes", max_pending_handshakes, minimum=1)
@@ -146,12 +150,21 @@ class Gateway:
             self._listener = None
             raise
         self._stack = stack
+        if self.startup_grace > 0:
+            # Just after a (re)start nodes are still on their way back: a call for a
+            # function nobody has registered yet waits for them this long.
+            self._accepting_unknown_until = anyio.current_time() + self.startup_grace
+            self._task_group.start_soon(self._end_startup_grace)
         logger.info("EasyRemote gateway listening on %s:%d (transport %s)", self.host, self.port, transport.name)
         if not self._tokens:
             logger.warning(
                 "No auth_token is set: anyone who can reach %s:%d can register nodes and run code on them",
                 self.host, self.port,
             )
+
+    async def _end_startup_grace(self) -> None:
+        await anyio.sleep(self.startup_grace)
+        self._wake_waiters()
 
     async def stop(self) -> None:
         """Stop accepting, close every session, and fail the calls in flight."""
@@ -409,6 +422,8 @@ class Gateway:
         if node_id:
             node = self._nodes.get(node_id)
             if node is None:
+                if anyio.current_time() < self._accepting_unknown_until:
+                    return None, "wait"
                 return None, (ErrorCode.CODE_NO_NODE, f"node {node_id!r} is not connected")
             if function not in node.functions:
                 return None, (ErrorCode.CODE_NO_NODE, f"node {node_id!r} does not serve {function!r}")
@@ -416,6 +431,8 @@ class Gateway:
         else:
             candidates = [n for n in self._nodes.values() if function in n.functions]
         if not candidates:
+            if anyio.current_time() < self._accepting_unknown_until:
+                return None, "wait"
             return None, (ErrorCode.CODE_NO_NODE, f"no node serves {function!r}")
         ready = [n for n in candidates if n.lost_at is None and n.registered]
         if not ready:

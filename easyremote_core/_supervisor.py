@@ -87,6 +87,7 @@ class ConnectionSupervisor:
         self._establish = establish
         self._on_link_lost = on_link_lost
         self._plugins = plugins
+        self._log = logging.getLogger(f"easyremote.{role}")
         self._callbacks: list[StateCallback] = []
         self.state = ConnectionState.IDLE
         self.link: Link | None = None
@@ -153,18 +154,18 @@ class ConnectionSupervisor:
             while True:
                 self._set_state(ConnectionState.CONNECTING if self.sessions == 0 else ConnectionState.RECONNECTING)
                 if failures:
-                    logger.info("Attempting to reconnect...")
+                    self._log.info("Attempting to reconnect...")
                     self.reconnect_count += 1
-                logger.info("%s service (attempt %d)", self.role.capitalize(), failures + 1)
+                self._log.info("%s service (attempt %d)", self.role.capitalize(), failures + 1)
                 try:
                     reason = await self._attempt(label)
                 except _GoAway as notice:
-                    logger.warning("Gateway asked to retry after %.1f s: %s", notice.retry_after, notice)
+                    self._log.warning("Gateway asked to retry after %.1f s: %s", notice.retry_after, notice)
                     await anyio.sleep(notice.retry_after)
                     continue
                 except (AuthenticationError, ProtocolError) as exc:
                     self.last_error = str(exc)
-                    logger.error("Gateway refused %s: %s", self.role, exc)
+                    self._log.error("Gateway refused %s: %s", self.role, exc)
                     raise
                 except (GatewayUnavailableError, ConnectionLostError, TimeoutError, OSError) as exc:
                     failures += 1
@@ -172,13 +173,13 @@ class ConnectionSupervisor:
                 else:
                     failures = 1  # the established link broke: its loss is the first failure
                 self.last_error = reason
-                logger.error("Connection error (attempt %d): %s", failures, reason)
+                self._log.error("Connection error (attempt %d): %s", failures, reason)
                 if limit is not None and failures > limit:
                     raise GatewayUnavailableError(
                         f"gave up after {limit} reconnect attempts to {self.address}: {reason}"
                     )
                 delay = self.policy.next_delay(failures)
-                logger.info(
+                self._log.info(
                     "Reconnecting in %s seconds... (attempt %d/%s)",
                     _seconds(delay), failures, "∞" if limit is None else limit,
                 )
@@ -194,7 +195,7 @@ class ConnectionSupervisor:
         with anyio.fail_after(self.settings.connection_timeout) as deadline:
             connection = await self.transport.connect(self.address, self.link_options)
             try:
-                logger.info("%s channel to VPS established successfully", label)
+                self._log.info("%s channel to VPS established successfully", label)
                 self.welcome = await self._handshake(connection)
             except BaseException:
                 with anyio.CancelScope(shield=True):
@@ -265,7 +266,7 @@ class ConnectionSupervisor:
         """Wait ``delay``, or less if the transport sees the gateway listening again."""
         with anyio.move_on_after(delay):
             await self.transport.wait_reachable(self.address, self.link_options)
-            logger.info("Gateway %s is reachable again", self.address)
+            self._log.info("Gateway %s is reachable again", self.address)
             await anyio.sleep(random.uniform(0, RETURN_SPREAD))
 
 

@@ -58,7 +58,8 @@ class Connection(ABC):
 
     @abstractmethod
     async def aclose(self) -> None:
-        """Close the link in an orderly way; safe to call more than once."""
+        """Close the link in an orderly way: frames sent before it reach the peer, which
+        then sees ``EndOfStream``. Safe to call more than once."""
 
     async def __aenter__(self) -> Connection:
         return self
@@ -78,11 +79,13 @@ class Listener(ABC):
     @abstractmethod
     async def serve(self, handler: ConnectionHandler) -> None:
         """Accept links until cancelled or closed, running ``handler(connection)``
-        once per link in its own task and closing the link when it returns."""
+        once per link in its own task and closing the link when it returns. A
+        handler that raises is logged; the listener goes on serving."""
 
     @abstractmethod
     async def aclose(self) -> None:
-        """Stop accepting and drop every open link; safe to call more than once."""
+        """Stop accepting and reset every open link (peers see ``ConnectionLostError``);
+        safe to call more than once."""
 
 
 class Transport(ABC):
@@ -90,7 +93,7 @@ class Transport(ABC):
 
     name: str = ""
     label: str = ""  # how logs name a link of this kind ("gRPC"); defaults to name
-    backends: tuple[str, ...] = ("asyncio",)  # anyio backends this transport runs on
+    backends: tuple[str, ...] = ("asyncio",)  # anyio backends it runs on; the contract suite reads it
 
     @abstractmethod
     async def connect(self, address: Address, options: LinkOptions) -> Connection:

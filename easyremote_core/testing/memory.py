@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 
 import anyio
@@ -13,6 +14,7 @@ from .._errors import ConnectionLostError, GatewayUnavailableError, MessageTooLa
 from .._transport import Connection, ConnectionHandler, Listener, LinkOptions, Transport
 from ..hookspecs import hookimpl
 
+logger = logging.getLogger("easyremote.memory")
 _listeners: dict[int, MemoryListener] = {}
 _ports = itertools.count(40000)
 
@@ -93,6 +95,10 @@ class MemoryListener(Listener):
         async def run(connection: MemoryConnection) -> None:
             try:
                 await handler(connection)
+            except (ConnectionLostError, anyio.EndOfStream):
+                pass
+            except Exception:  # one failing link must not stop the listener
+                logger.exception("connection handler failed for %s", connection.peer)
             finally:
                 await connection.aclose()
                 self.connections.remove(connection)
@@ -124,6 +130,7 @@ class MemoryTransport(Transport):
     """Links between tasks of one process; the address host is ignored."""
 
     name = "memory"
+    backends = ("asyncio", "trio")
 
     async def connect(self, address: Address, options: LinkOptions) -> Connection:
         await anyio.lowlevel.checkpoint()

@@ -20,7 +20,10 @@ def transport_name(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 async def gateway(transport_name: str) -> AsyncIterator[Gateway]:
-    async with Gateway(port=0, host="127.0.0.1", transport=transport_name, heartbeat_timeout=3.0) as gw:
+    # startup_grace=0: these tests look at a gateway in its steady state, where a call for a
+    # function nobody registered fails at once (test_startup_grace covers a fresh gateway).
+    async with Gateway(port=0, host="127.0.0.1", transport=transport_name, heartbeat_timeout=3.0,
+                       startup_grace=0) as gw:
         yield gw
 
 

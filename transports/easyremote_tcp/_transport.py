@@ -29,6 +29,7 @@ from easyremote_core import (
     ProtocolError,
     TLSConfig,
     Transport,
+    wait_until_listening,
 )
 
 logger = logging.getLogger(__name__)
@@ -340,6 +341,9 @@ class TcpTransport(Transport):
             keepalive_count=int(keepalive_count),
             user_timeout=float(user_timeout),
         )
+
+    async def wait_reachable(self, address: Address, options: LinkOptions) -> None:
+        await wait_until_listening(address)
 
     async def connect(self, address: Address, options: LinkOptions) -> Connection:
         tls = options.tls if options.tls is not None else self.tls
