@@ -27,7 +27,6 @@ from ._transport import Connection, ConnectionHandler, LinkOptions, Listener, TL
 from .hookspecs import hookimpl
 
 __all__ = [
-    "PROTOCOL_VERSION",
     "Address",
     "AuthenticationError",
     "CallTimeoutError",
@@ -46,6 +45,7 @@ __all__ = [
     "NoNodeAvailableError",
     "NodeBusyError",
     "NodeLostError",
+    "PROTOCOL_VERSION",
     "PluginEntry",
     "PluginManager",
     "PluginNotFoundError",

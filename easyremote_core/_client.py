@@ -361,15 +361,16 @@ class Client:
             anyio.from_thread.start_blocking_portal()
         self._portal = self._portal_cm.__enter__()
         try:
-            self._client = self._portal.call(self._make)
+            self._running, self._client = self._portal.start_task(self._serve)
         except BaseException:
             self.close()
             raise
 
-    async def _make(self) -> AsyncClient:
-        client = AsyncClient(**self._options)
-        await client.start()
-        return client
+    async def _serve(self, *, task_status: anyio.abc.TaskStatus[AsyncClient]) -> None:
+        self._closing = anyio.Event()
+        async with AsyncClient(**self._options) as client:
+            task_status.started(client)
+            await self._closing.wait()
 
     @property
     def address(self) -> str:
@@ -415,9 +416,9 @@ class Client:
         cm, self._portal_cm = self._portal_cm, None
         if cm is None:
             return
-        client = getattr(self, "_client", None)
-        if client is not None:
-            self._portal.call(client.aclose)
+        if getattr(self, "_client", None) is not None:
+            self._portal.call(self._closing.set)
+            self._running.result()
         cm.__exit__(None, None, None)
 
     def __enter__(self) -> Client:

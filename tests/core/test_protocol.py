@@ -1,0 +1,86 @@
+"""The wire protocol: generated code is current, frames round-trip, other versions are refused on both ends."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import anyio
+import pytest
+
+from easyremote import ComputeNode, Gateway
+from easyremote.errors import ProtocolError
+from easyremote_core import LinkOptions, get_plugin_manager, parse_address
+from easyremote_core._protocol import PROTOCOL_VERSION, decode, encode, pb
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.timeout(120)
+def test_generated_code_is_current() -> None:
+    result = subprocess.run([sys.executable, "scripts/gen_protos.py", "--check"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=100)
+    assert result.returncode == 0, f"regenerate with 'python scripts/gen_protos.py': {result.stderr}"
+
+
+def test_frames_round_trip_and_carry_the_version() -> None:
+    frame = encode(pb.Envelope(call=pb.CallRequest(call_id="c1", function="add", payload=b"\x00" * 10)))
+    envelope = decode(frame)
+    assert envelope.protocol_version == PROTOCOL_VERSION
+    assert envelope.call.function == "add" and envelope.call.payload == b"\x00" * 10
+
+
+@pytest.mark.parametrize("frame", [b"\xff\xff\xff", b"", pb.Envelope(protocol_version=PROTOCOL_VERSION).SerializeToString()])
+def test_malformed_frames_are_protocol_errors(frame: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        decode(frame)
+
+
+def test_another_version_is_a_protocol_error() -> None:
+    frame = pb.Envelope(protocol_version=PROTOCOL_VERSION + 1, hello=pb.Hello()).SerializeToString()
+    with pytest.raises(ProtocolError, match=f"version {PROTOCOL_VERSION + 1}"):
+        decode(frame)
+
+
+@pytest.mark.anyio
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("transport_name", ["grpc", "tcp"])
+async def test_gateway_refuses_a_peer_of_another_version(transport_name: str, caplog) -> None:
+    transport = get_plugin_manager().transport(transport_name)
+    async with Gateway(port=0, host="127.0.0.1", transport=transport_name, startup_grace=0) as gw:
+        connection = await transport.connect(parse_address(f"127.0.0.1:{gw.port}"), LinkOptions())
+        hello = pb.Envelope(protocol_version=99, hello=pb.Hello(protocol_version=99, role=pb.ROLE_NODE,
+                                                                node_id="future-node"))
+        await connection.send(hello.SerializeToString())
+        with anyio.fail_after(5):
+            reply = decode(await connection.receive())
+        assert reply.WhichOneof("body") == "reject"
+        assert reply.reject.reason == pb.Reject.REASON_PROTOCOL
+        assert "version 99" in reply.reject.message
+        await connection.aclose()
+        assert any("ProtocolError" in r.getMessage() and "version 99" in r.getMessage() for r in caplog.records)
+        assert gw.nodes() == {}
+
+
+@pytest.mark.anyio
+@pytest.mark.timeout(30)
+async def test_node_refuses_a_gateway_of_another_version() -> None:
+    """A stand-in gateway (a bare tcp listener) that welcomes with protocol version 99."""
+    transport = get_plugin_manager().transport("tcp")
+    listener = await transport.listen("127.0.0.1", 0, LinkOptions())
+
+    async def future_gateway(connection) -> None:
+        await connection.receive()
+        welcome = pb.Envelope(protocol_version=99, welcome=pb.Welcome(protocol_version=99))
+        await connection.send(welcome.SerializeToString())
+        with anyio.move_on_after(5):
+            await connection.receive()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(listener.serve, future_gateway)
+        node = ComputeNode(f"tcp://127.0.0.1:{listener.port}", "today-node", max_retry_attempts=3)
+        with anyio.fail_after(10), pytest.raises(ProtocolError, match="version 99"):
+            await node.run()
+        tg.cancel_scope.cancel()
+    await listener.aclose()

@@ -1,0 +1,95 @@
+"""The command line: help, plugins, gateway, nodes and call against a real gateway, clear errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from easyremote_core.testing.processes import GatewayProcess, PythonProcess, free_port
+
+pytestmark = pytest.mark.timeout(90)
+
+NODE = """
+import sys
+from easyremote import ComputeNode
+node = ComputeNode(sys.argv[1], "cli-node", heartbeat_interval=0.5, heartbeat_timeout=2)
+@node.register
+def add(a, b):
+    return a + b
+@node.register
+def shout(text, times=1):
+    return (text.upper() + "!") * times
+@node.register
+def fail():
+    raise RuntimeError("it broke")
+import logging; logging.basicConfig(level=logging.INFO)
+node.serve()
+"""
+
+
+def easyremote(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "easyremote", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.mark.parametrize("command", [[], ["gateway"], ["nodes"], ["call"], ["plugins"], ["demo"]])
+def test_every_command_has_help(command: list[str]) -> None:
+    result = easyremote(*command, "--help")
+    assert result.returncode == 0 and "usage: easyremote" in result.stdout
+
+
+def test_plugins_lists_every_kind_with_its_distribution() -> None:
+    result = easyremote("plugins")
+    assert result.returncode == 0
+    for name in ("grpc", "tcp", "memory", "exponential", "full-jitter", "decorrelated-jitter", "constant",
+                 "heartbeat", "grpc-channel-state"):
+        assert any(line.split()[:1] == [name] and "easyremote 0.1.0" in line for line in result.stdout.splitlines()), name
+
+
+@pytest.fixture(scope="module")
+def served_gateway():
+    with GatewayProcess() as gateway:
+        gateway.start()
+        with PythonProcess(NODE, args=(gateway.address,), name="cli-node") as node:
+            node.start()
+            node.wait_for_line("Registered to VPS successfully", 30)
+            yield gateway
+
+
+def test_call_and_nodes_against_a_real_gateway(served_gateway) -> None:
+    address = served_gateway.address
+    result = easyremote("call", "--gateway", address, "add", "2", "40")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == 42
+    result = easyremote("call", "--gateway", address, "shout", '"hey"', "--kwargs", '{"times": 2}')
+    assert json.loads(result.stdout) == "HEY!HEY!"
+    result = easyremote("nodes", "--gateway", address)
+    assert result.returncode == 0 and "cli-node" in result.stdout and "add, fail, shout" in result.stdout
+
+
+def test_user_errors_are_clear_and_traceback_free(served_gateway) -> None:
+    address = served_gateway.address
+    result = easyremote("call", "--gateway", address, "add", "{not json")
+    assert result.returncode == 1 and "argument 1 is not valid JSON" in result.stderr
+    assert "Traceback" not in result.stderr
+    result = easyremote("call", "--gateway", address, "fail")
+    assert result.returncode == 1 and "fail raised RuntimeError: it broke" in result.stderr
+    result = easyremote("call", "--gateway", address, "missing")
+    assert result.returncode == 1 and "NoNodeAvailableError" in result.stderr and "Traceback (most" not in result.stderr
+    result = easyremote("call", "--gateway", "nowhere", "add")
+    assert result.returncode == 1 and "must have the form 'host:port'" in result.stderr
+
+
+def test_an_unreachable_gateway_exits_2() -> None:
+    result = easyremote("nodes", "--gateway", f"127.0.0.1:{free_port()}", "--timeout", "1")
+    assert result.returncode == 2 and "gateway unavailable" in result.stderr
+
+
+def test_gateway_refuses_bad_settings() -> None:
+    result = easyremote("gateway", "--port", "-5")
+    assert result.returncode == 1 and "port (-5) must be at least 0" in result.stderr
+    result = easyremote("gateway", "--transport", "smoke-signals", "--port", "0")
+    assert result.returncode == 1 and "no transport named 'smoke-signals'" in result.stderr
