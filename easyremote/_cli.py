@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
+import inspect
 import json
 import logging
+import pathlib
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import anyio
 
@@ -15,6 +19,7 @@ from easyremote_core import EasyRemoteError, get_plugin_manager
 from easyremote_core._client import Client
 from easyremote_core._errors import ConfigurationError, GatewayUnavailableError, RemoteExecutionError
 from easyremote_core._gateway import Gateway
+from easyremote_core._node import ComputeNode
 from easyremote_core._transport import TLSConfig
 
 EXIT_OK, EXIT_ERROR, EXIT_UNAVAILABLE = 0, 1, 2
@@ -36,6 +41,25 @@ def _parser() -> argparse.ArgumentParser:
     gateway.add_argument("--tls-cert", help="server certificate (PEM) to serve TLS")
     gateway.add_argument("--tls-key", help="private key (PEM) of --tls-cert")
     gateway.add_argument("--tls-client-ca", help="require client certificates signed by this CA (PEM)")
+
+    node = commands.add_parser(
+        "node", help="serve the functions of a Python file or module",
+        description="Connect to a gateway and serve every public function defined in a Python file or "
+        "module (names starting with '_' are skipped). Reconnects by itself; exits 2 when "
+        "--max-retry-attempts run out.")
+    node.add_argument("--gateway", required=True, help="gateway address, host:port or scheme://host:port")
+    node.add_argument("--node-id", default=None, help="stable identity (default: hostname-random)")
+    node.add_argument("--token", default=None, help="auth token (default $EASYREMOTE_TOKEN)")
+    node.add_argument("--transport", default=None, help="transport name")
+    node.add_argument("--retry-policy", default=None, help="retry policy name (default exponential)")
+    node.add_argument("--reconnect-interval", type=float, default=2.0, help="base backoff delay (default 2)")
+    node.add_argument("--max-reconnect-interval", type=float, default=60.0, help="backoff cap (default 60)")
+    node.add_argument("--max-retry-attempts", type=int, default=None, help="give up after N failed attempts")
+    node.add_argument("--heartbeat-interval", type=float, default=5.0, help="seconds between heartbeats (default 5)")
+    node.add_argument("--heartbeat-timeout", type=float, default=15.0, help="declare the link dead after (default 15)")
+    node.add_argument("--connection-timeout", type=float, default=10.0, help="bound of one attempt (default 10)")
+    node.add_argument("--execution-timeout", type=float, default=300.0, help="bound of one call (default 300)")
+    node.add_argument("source", metavar="FILE_OR_MODULE", help="a .py file or an importable module name")
 
     nodes = commands.add_parser("nodes", help="list the nodes a gateway knows",
                                 description="List the nodes a gateway knows, with their functions.")
@@ -105,6 +129,43 @@ def _gateway(options: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _node(options: argparse.Namespace) -> int:
+    functions = _load_functions(options.source)
+    if not functions:
+        raise ConfigurationError(f"{options.source} defines no public functions to serve")
+    node = ComputeNode(
+        options.gateway, options.node_id, transport=options.transport, retry_policy=options.retry_policy,
+        auth_token=options.token, reconnect_interval=options.reconnect_interval,
+        max_reconnect_interval=options.max_reconnect_interval, max_retry_attempts=options.max_retry_attempts,
+        heartbeat_interval=options.heartbeat_interval, heartbeat_timeout=options.heartbeat_timeout,
+        connection_timeout=options.connection_timeout, execution_timeout=options.execution_timeout,
+    )
+    for function in functions:
+        node.register(function)
+    print(f"EasyRemote node {node.node_id} serving {', '.join(f.__name__ for f in functions)}", flush=True)
+    node.serve()
+    return EXIT_OK
+
+
+def _load_functions(source: str) -> list[Callable[..., object]]:
+    path = pathlib.Path(source)
+    try:
+        if source.endswith(".py") or path.exists():
+            if not path.is_file():
+                raise ConfigurationError(f"no such file: {source}")
+            spec = importlib.util.spec_from_file_location(path.stem, path)
+            assert spec is not None and spec.loader is not None
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[path.stem] = module
+            spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(source)
+    except ImportError as exc:
+        raise ConfigurationError(f"cannot import {source}: {exc}") from None
+    return [value for name, value in vars(module).items()
+            if not name.startswith("_") and inspect.isfunction(value) and value.__module__ == module.__name__]
+
+
 def _nodes(options: argparse.Namespace) -> int:
     with Client(options.gateway, timeout=options.timeout, auth_token=options.token) as client:
         nodes = client.list_nodes()
@@ -160,4 +221,4 @@ def _demo(options: argparse.Namespace) -> int:
     return run_demo(transport=options.transport, outage=options.outage)
 
 
-_COMMANDS = {"gateway": _gateway, "nodes": _nodes, "call": _call, "plugins": _plugins, "demo": _demo}
+_COMMANDS = {"gateway": _gateway, "node": _node, "nodes": _nodes, "call": _call, "plugins": _plugins, "demo": _demo}

@@ -22,6 +22,7 @@ from ._config import LinkSettings, number, whole
 from ._errors import (
     CallTimeoutError,
     ConnectionLostError,
+    EasyRemoteError,
     GatewayUnavailableError,
     MessageTooLargeError,
 )
@@ -138,7 +139,7 @@ class AsyncClient:
         assert self._supervisor is not None
         try:
             await self._supervisor.run()
-        except (GatewayUnavailableError, ConnectionLostError) as exc:
+        except EasyRemoteError as exc:  # kept as supervisor.fatal_error; calls raise it
             logger.error("Client gave up on gateway %s: %s", self.address, exc)
         finally:
             for pending in list(self._pending.values()):

@@ -23,7 +23,7 @@ import anyio.to_thread
 
 from ._address import parse_address
 from ._config import LinkSettings, number, whole
-from ._errors import ConfigurationError
+from ._errors import ConfigurationError, EasyRemoteError
 from ._link import Link
 from ._plugins import PluginManager, get_plugin_manager
 from ._probes import HealthProbe
@@ -202,8 +202,14 @@ class ComputeNode:
                         return
 
             tg.start_soon(on_signal)
-            await self.run()
+            failure: BaseException | None = None
+            try:
+                await self.run()
+            except EasyRemoteError as exc:  # re-raised below, not wrapped in an ExceptionGroup
+                failure = exc
             tg.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Serve until ``stop()`` or cancellation (the async form of ``serve``)."""

@@ -95,6 +95,7 @@ class ConnectionSupervisor:
         self.reconnect_count = 0
         self.sessions = 0
         self.last_error = ""
+        self.fatal_error: EasyRemoteError | None = None  # why run() stopped for good
         self.connected_at: float | None = None
         self.last_received_wall: float | None = None
         self._ready = anyio.Event()
@@ -129,6 +130,8 @@ class ConnectionSupervisor:
         """Wait until a link is ready; raises ``GatewayUnavailableError`` once closed."""
         while True:
             if self.state is ConnectionState.CLOSED:
+                if self.fatal_error is not None:
+                    raise self.fatal_error
                 raise GatewayUnavailableError(self.last_error or "the connection is closed")
             link = self.link
             if self.state is ConnectionState.READY and link is not None:
@@ -165,6 +168,7 @@ class ConnectionSupervisor:
                     continue
                 except (AuthenticationError, ProtocolError) as exc:
                     self.last_error = str(exc)
+                    self.fatal_error = exc
                     self._log.error("Gateway refused %s: %s", self.role, exc)
                     raise
                 except (GatewayUnavailableError, ConnectionLostError, TimeoutError, OSError) as exc:
@@ -175,9 +179,10 @@ class ConnectionSupervisor:
                 self.last_error = reason
                 self._log.error("Connection error (attempt %d): %s", failures, reason)
                 if limit is not None and failures > limit:
-                    raise GatewayUnavailableError(
+                    self.fatal_error = GatewayUnavailableError(
                         f"gave up after {limit} reconnect attempts to {self.address}: {reason}"
                     )
+                    raise self.fatal_error
                 delay = self.policy.next_delay(failures)
                 self._log.info(
                     "Reconnecting in %s seconds... (attempt %d/%s)",
@@ -220,14 +225,20 @@ class ConnectionSupervisor:
                     tg.cancel_scope.cancel()
 
                 tg.start_soon(serve_link)
+                registered = True
                 if self._establish is not None:
-                    with anyio.fail_after(max(deadline.deadline - anyio.current_time(), 0.001)):
+                    # Raising here would reach the caller wrapped in an ExceptionGroup: end the link instead.
+                    with anyio.move_on_after(max(deadline.deadline - anyio.current_time(), 0.001)) as timer:
                         await self._establish(link)
-                established = True
-                self.sessions += 1
-                self.connected_at = anyio.current_time()
-                self.policy.reset()
-                self._set_state(ConnectionState.READY)
+                    if timer.cancelled_caught:
+                        registered = False
+                        link.close("timed out registering with the gateway")
+                if registered and not link.ended.is_set():
+                    established = True
+                    self.sessions += 1
+                    self.connected_at = anyio.current_time()
+                    self.policy.reset()
+                    self._set_state(ConnectionState.READY)
         finally:
             self.link = None
             self.last_received_wall = link.last_received_wall
