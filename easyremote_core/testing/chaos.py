@@ -12,7 +12,6 @@ import struct
 from collections.abc import Callable, Iterator
 from contextlib import AsyncExitStack, contextmanager
 from types import TracebackType
-from typing import Any, TypeVar
 
 import anyio
 from anyio.abc import SocketAttribute, SocketStream, TaskGroup
@@ -26,7 +25,6 @@ logger = logging.getLogger(__name__)
 _CHUNK = 65536
 _QUEUE_DEPTH = 16  # chunks held per direction while they wait out the latency
 _STREAM_ERRORS = (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)
-_T = TypeVar("_T")
 
 
 def _format_address(host: str, port: int) -> str:
@@ -44,7 +42,7 @@ def _linger_zero(sock: socket.socket | None) -> None:
 
 
 class _Link:
-    """One proxied connection: the dialling peer's leg and, unless black-holed from the start, the upstream leg."""
+    """One proxied connection: the dialling peer's leg and the upstream leg, unless black-holed at accept."""
 
     def __init__(self, client_sock: socket.socket, blackholed: bool) -> None:
         self.client_sock = client_sock
@@ -101,8 +99,8 @@ class ChaosProxy:
         if self._exit_stack is not None:
             raise RuntimeError("this ChaosProxy is already running")
         async with AsyncExitStack() as stack:
-            self._tg = await stack.enter_async_context(anyio.create_task_group())
-            stack.callback(self._tg.cancel_scope.cancel)  # runs before the task group waits for its tasks
+            self._tg = tg = await stack.enter_async_context(anyio.create_task_group())
+            stack.callback(tg.cancel_scope.cancel)  # runs before the task group waits for its tasks
             stack.callback(self._close_listener)
             self._listen()
             self._exit_stack = stack.pop_all()
@@ -162,7 +160,7 @@ class ChaosProxy:
             link.blackholed = True
 
     def set_latency(self, seconds: float) -> None:
-        """Delay every chunk by ``seconds`` in each direction, keeping order; applies to chunks read from now."""
+        """Delay every chunk by ``seconds`` each way, keeping order; applies to chunks read from now on."""
         if not (seconds >= 0 and math.isfinite(seconds)):
             raise ValueError(f"latency must be a finite number of seconds >= 0, got {seconds!r}")
         self._latency = seconds
@@ -324,9 +322,6 @@ class ThreadedChaosProxy:
         self._proxy = proxy
         self._portal = portal
 
-    def _call(self, func: Callable[..., _T], *args: Any) -> _T:
-        return self._portal.call(func, *args)
-
     @property
     def port(self) -> int:
         return self._proxy.port
@@ -347,16 +342,16 @@ class ThreadedChaosProxy:
         self._portal.call(lambda: self._proxy.reset(timeout=timeout))
 
     def blackhole(self) -> None:
-        self._call(self._proxy.blackhole)
+        self._portal.call(self._proxy.blackhole)
 
     def set_latency(self, seconds: float) -> None:
-        self._call(self._proxy.set_latency, seconds)
+        self._portal.call(self._proxy.set_latency, seconds)
 
     def refuse(self) -> None:
-        self._call(self._proxy.refuse)
+        self._portal.call(self._proxy.refuse)
 
     def heal(self) -> None:
-        self._call(self._proxy.heal)
+        self._portal.call(self._proxy.heal)
 
     def wait_connections(self, n: int, *, timeout: float = 10.0) -> None:
         self._portal.call(lambda: self._proxy.wait_connections(n, timeout=timeout))

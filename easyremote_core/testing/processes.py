@@ -1,4 +1,4 @@
-"""Real processes for fault tests and benchmarks: a gateway or a Python script, killed and frozen with real signals.
+"""Real processes for fault tests and benchmarks: a gateway or a script, killed and frozen by real signals.
 
 The API is synchronous so that sync tests and benchmarks can use it; every wait is bounded.
 """
@@ -89,7 +89,8 @@ class ManagedProcess:
             log.write(f"--- run {self._runs}: {' '.join(argv)}\n")
         self._popen = subprocess.Popen(
             argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            env=env, cwd=self.cwd, start_new_session=True,  # own process group: signals reach its children too
+            # Its own process group, so that signals reach its children too.
+            env=env, cwd=self.cwd, start_new_session=True,
         )
         assert self._popen.stdout is not None
         self._pidfd = os.pidfd_open(self._popen.pid) if hasattr(os, "pidfd_open") else None
@@ -135,11 +136,11 @@ class ManagedProcess:
             raise
 
     def stop(self) -> None:
-        """SIGSTOP the process group and return once the process is stopped: its sockets stay open, nothing answers."""
+        """SIGSTOP the process group; on return it is stopped: its sockets stay open, nothing answers."""
         popen = self._require_started()
         self._signal(signal.SIGSTOP)
         if popen.returncode is None:
-            # SIGSTOP cannot be caught or ignored, so this returns promptly; WNOWAIT leaves the state unconsumed.
+            # SIGSTOP cannot be caught or ignored, so this returns at once; WNOWAIT leaves the state in place.
             os.waitid(os.P_PID, popen.pid, os.WSTOPPED | os.WEXITED | os.WNOWAIT)
 
     def cont(self) -> None:
@@ -211,7 +212,7 @@ class ManagedProcess:
             return list(self._lines)
 
     def wait_for_line(self, text: str, timeout: float = 10.0, *, count: int = 1) -> str:
-        """Wait until the current run has printed ``count`` lines containing ``text``; return the last of them.
+        """Wait until the current run has printed ``count`` lines containing ``text``; return the last one.
 
         Raises ``TimeoutError`` after ``timeout`` seconds, ``ProcessExitedError`` if the output ends
         first; both carry the log.
@@ -230,7 +231,8 @@ class ManagedProcess:
         if not self._output_done:
             raise TimeoutError(f"{self.name} did not print {text!r} within {timeout} s\n{self._log_tail()}")
         code = self.wait() if self._exited(_EXIT_WAIT) else "unknown"
-        raise ProcessExitedError(f"{self.name} exited (code {code}) before printing {text!r}\n{self._log_tail()}")
+        raise ProcessExitedError(
+            f"{self.name} exited (code {code}) before printing {text!r}\n{self._log_tail()}")
 
     def write_line(self, text: str) -> None:
         """Write one line to the process's stdin."""
@@ -335,13 +337,14 @@ class GatewayProcess(ManagedProcess):
 
     @property
     def ready_line(self) -> str:
-        return f"{self.READY_LINE} {self.address}"
+        """What the gateway prints once it listens: ``HOST:PORT`` as given, no brackets even for IPv6."""
+        return f"{self.READY_LINE} {self.host}:{self.port}"
 
     def argv(self) -> list[str]:
         return [*self.launcher, "gateway", "--host", self.host, "--port", str(self.port), *self.args]
 
     def start(self, timeout: float | None = None) -> GatewayProcess:
-        """Start the gateway and wait until it listens; on timeout or early exit it is killed and the error raised."""
+        """Start the gateway and wait until it listens; on timeout or early exit kill it and raise."""
         super().start()
         try:
             self.wait_for_line(self.ready_line, self.startup_timeout if timeout is None else timeout)

@@ -87,6 +87,32 @@ async def test_bytes_pass_through(echo: EchoServer) -> None:
         assert proxy.accepted_total == 1
 
 
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="this host has no IPv6 loopback")
+async def test_ipv6_loopback() -> None:
+    async def echo_once(stream: SocketStream) -> None:
+        async with stream:
+            await stream.send(await stream.receive())
+
+    listener = await anyio.create_tcp_listener(local_host="::1")
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(listener.serve, echo_once)
+        async with ChaosProxy(listener.extra(SocketAttribute.local_port), "::1", host="::1") as proxy:
+            assert proxy.address == f"[::1]:{proxy.port}"
+            async with await anyio.connect_tcp("::1", proxy.port) as stream:
+                await stream.send(b"six")
+                assert await stream.receive() == b"six"
+        tg.cancel_scope.cancel()
+
+
 async def test_large_transfer_arrives_intact(echo: EchoServer) -> None:
     payload = os.urandom(5 * 1024 * 1024)
     async with ChaosProxy(echo.port) as proxy, await anyio.connect_tcp("127.0.0.1", proxy.port) as stream:

@@ -1,4 +1,4 @@
-"""Real subprocesses under real signals: output, SIGKILL, SIGSTOP/SIGCONT, SIGTERM, restart on the same port."""
+"""Real subprocesses under real signals: output, SIGKILL, SIGSTOP/SIGCONT, SIGTERM, restart on one port."""
 
 from __future__ import annotations
 
