@@ -47,9 +47,16 @@ import asyncio, grpc
 async def main():
     async def echo(request, context):
         return request
+
+    async def pingpong(requests, context):  # the primitive an EasyRemote gRPC link is made of: one bidi stream
+        while (message := await context.read()) is not grpc.aio.EOF:
+            await context.write(message)
+
     server = grpc.aio.server()
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
-        "bench.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(echo)}),))
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("bench.Echo", {
+        "Echo": grpc.unary_unary_rpc_method_handler(echo),
+        "PingPong": grpc.stream_stream_rpc_method_handler(pingpong),
+    }),))
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     print(f"raw grpc echo listening on {port}", flush=True)
@@ -171,6 +178,15 @@ async def raw_grpc(report: Report, budget: Budget) -> None:
 
             report.add("raw gRPC unary, sequential", await measure(call, budget))
             report.add(f"raw gRPC unary, {CONCURRENCY} concurrent", await measure(call, budget, workers=CONCURRENCY))
+
+            stream = channel.stream_stream("/bench.Echo/PingPong")()
+
+            async def ping() -> object:
+                await stream.write(RAW_PAYLOAD)
+                return await stream.read()
+
+            report.add("raw gRPC bidi-stream ping-pong, sequential", await measure(ping, budget))
+            await stream.done_writing()
 
 
 async def raw_tcp(report: Report, budget: Budget) -> None:

@@ -13,6 +13,7 @@ BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_calls.py
 EXPECTED_LINES = [
     "raw gRPC unary, sequential",
     "raw gRPC unary, 32 concurrent",
+    "raw gRPC bidi-stream ping-pong, sequential",
     "raw TCP echo (anyio), sequential",
     *(
         f"{transport}, {setup}: {function}, {mode}"
