@@ -15,7 +15,6 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # keep gRPC core info logs out of the figures
@@ -113,12 +112,6 @@ node.serve()
 """
 
 REGISTERED = "Registered to VPS successfully"
-
-
-@dataclass
-class Result:
-    label: str
-    stats: Stats
 
 
 class Report:
