@@ -79,7 +79,7 @@ class GrpcConnection(Connection):
             if self._pending_write is not None:  # a write whose sender was cancelled
                 await self._finish_write(self._pending_write)
             self._raise_if_unusable()
-            task = self._pending_write = asyncio.ensure_future(self._write_op(frame))
+            task = self._pending_write = _spawn(self._write_op(frame))
             await self._finish_write(task)
 
     async def _finish_write(self, task: asyncio.Task[Any]) -> None:
@@ -94,7 +94,7 @@ class GrpcConnection(Connection):
                 raise anyio.EndOfStream
             if self._pending_read is None:
                 self._raise_if_unusable()
-                self._pending_read = asyncio.ensure_future(self._read_op())
+                self._pending_read = _spawn(self._read_op())
             task = self._pending_read
             await asyncio.wait({task})
             self._pending_read = None
@@ -122,15 +122,30 @@ class GrpcConnection(Connection):
             logger.debug("%s", self._lost)
 
     async def _reap(self) -> None:
-        """Cancel what is still running on the call and wait for it."""
-        tasks = [t for t in (self._pending_read, self._pending_write) if t is not None and not t.done()]
-        for task in tasks:
-            task.cancel()
+        """Wait for what still runs on the call after it was ended, cancelling stragglers.
+
+        An operation ended by the call's own end completes inside gRPC core too; one
+        cancelled here leaves a core completion behind that may arrive late.
+        """
+        tasks = {t for t in (self._pending_read, self._pending_write) if t is not None and not t.done()}
         if tasks:
-            await asyncio.wait(tasks)
-        for task in tasks:  # retrieve outcomes so asyncio does not log them as unretrieved
-            if not task.cancelled():
-                task.exception()
+            _, stragglers = await asyncio.wait(tasks, timeout=CLOSE_TIMEOUT)
+            for task in stragglers:
+                task.cancel()
+            if stragglers:
+                await asyncio.wait(stragglers)
+
+
+def _spawn(operation: Awaitable[Any]) -> asyncio.Task[Any]:
+    task = asyncio.ensure_future(operation)
+    task.add_done_callback(_retrieve_outcome)
+    return task
+
+
+def _retrieve_outcome(task: asyncio.Task[Any]) -> None:
+    """Mark a failed operation's exception as seen: a cancelled sender never awaits it."""
+    if not task.cancelled():
+        task.exception()
 
 
 class ClientConnection(GrpcConnection):
@@ -238,9 +253,7 @@ class ServerConnection(GrpcConnection):
             await self.finished.wait()
         except asyncio.CancelledError:  # gRPC cancels the handler when the RPC dies
             self._mark_lost("the peer went away (RPC cancelled)")
-            raise
-        finally:
-            await self._reap()
+            raise  # reads and writes still pending fail by themselves as the RPC ends
         if self._abort_reason is not None:
             self._context.set_code(grpc.StatusCode.UNAVAILABLE)
             self._context.set_details(self._abort_reason)

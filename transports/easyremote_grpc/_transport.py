@@ -115,8 +115,13 @@ class GrpcTransport(Transport):
             else:
                 bound = server.add_insecure_port(endpoint)
         except RuntimeError as exc:
+            await server.stop(None)
             raise OSError(f"cannot listen on {endpoint}: {exc}") from None
+        except BaseException:
+            await server.stop(None)
+            raise
         if not bound:
+            await server.stop(None)
             raise OSError(f"cannot listen on {endpoint}")
         return GrpcListener(server, bound, options, self.shutdown_grace)
 
