@@ -50,12 +50,12 @@ def countdown(n: int):
 
 def show_diagnostics(old, new, reason: str) -> None:
     """The guide's diagnostics, printed on every connection state change."""
-    print(f"[{time.strftime('%H:%M:%S')}] state {old} -> {new}" + (f" ({reason})" if reason else ""))
-    print(f"  connection healthy: {node._connection_healthy}")
-    print(f"  reconnect count:    {node._reconnect_count}")
-    print(f"  last heartbeat:     {node._last_heartbeat_time}")
-    print(f"  active executions:  {len(node._active_executions)}")
-    print(f"  execution tasks:    {len(node._execution_tasks)}", flush=True)
+    print(f"[{time.strftime('%H:%M:%S')}] state {old} -> {new}" + (f" ({reason})" if reason else ""),
+          f"  connection healthy: {node._connection_healthy}",
+          f"  reconnect count:    {node._reconnect_count}",
+          f"  last heartbeat:     {node._last_heartbeat_time}",
+          f"  active executions:  {len(node._active_executions)}",
+          f"  execution tasks:    {len(node._execution_tasks)}", sep="\n", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,12 +1,11 @@
 """The reconnection guide's test client: call the demo node's functions once, or every 10 s.
 
     python examples/test_reconnect_client.py                 # asks: 1) single test 2) continuous test
-    python examples/test_reconnect_client.py 2 --interval 3  # the option and settings from argv
-    python examples/test_reconnect_client.py 2 --rounds 20 --gateway 10.0.0.5:8080
+    python examples/test_reconnect_client.py 2 --interval 3 --rounds 20 --gateway 10.0.0.5:8080
 
-Run it against examples/improved_reconnect_demo.py; in the continuous test, restart the
-gateway and watch calls fail while it is down and succeed again once the node is back.
-Defaults also come from EASYREMOTE_GATEWAY, EASYREMOTE_INTERVAL and EASYREMOTE_TIMEOUT.
+Run it against examples/improved_reconnect_demo.py, restart the gateway during the continuous
+test, and watch calls fail while it is down and succeed once the node is back. Defaults also
+come from EASYREMOTE_GATEWAY, EASYREMOTE_INTERVAL and EASYREMOTE_TIMEOUT.
 """
 
 from __future__ import annotations
@@ -31,16 +30,14 @@ def run_round(client: Client, label: str) -> bool:
     """Call every function once and print one line per call; True when all were right."""
     passed = True
     for name, call, expected in CHECKS:
-        stamp = datetime.now().strftime("%H:%M:%S.%f")[:-3]
         try:
             result = call(client)
+            verdict = f"= {result!r} " + ("OK" if result == expected else f"WRONG, not {expected!r}")
         except EasyRemoteError as exc:  # gateway down, node reconnecting, call timed out ...
-            print(f"[{stamp}] {label} {name} FAILED: {type(exc).__name__}: {exc}", flush=True)
-            passed = False
-            continue
-        verdict = "OK" if result == expected else f"WRONG (expected {expected!r})"
-        print(f"[{stamp}] {label} {name} = {result!r} {verdict}", flush=True)
+            result, verdict = None, f"FAILED: {type(exc).__name__}: {exc}"
         passed = passed and result == expected
+        stamp = datetime.now().strftime("%H:%M:%S.%f")[:-3]
+        print(f"[{stamp}] {label} {name} {verdict}", flush=True)
     return passed
 
 
