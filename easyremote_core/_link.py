@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import anyio
@@ -54,6 +54,11 @@ class Link:
         self._probes = list(probes)
         self._send_heartbeats = send_heartbeats
         self._outbox_in, self._outbox = anyio.create_memory_object_stream[bytes](math.inf)
+        # A connection that queues frames itself (``send_nowait``) takes them straight from
+        # ``send``; one that writes several frames at once (``send_many``) gets every frame
+        # queued while it wrote the previous ones. Both are optional beyond ``Connection``.
+        self._send_nowait: Callable[[bytes], None] | None = getattr(connection, "send_nowait", None)
+        self._send_many: Callable[[list[bytes]], Awaitable[None]] | None = getattr(connection, "send_many", None)
         self._task_group: TaskGroup | None = None
         self._heartbeat_seq = 0
         self.last_received_wall = time.time()  # wall clock of the last frame, for people reading status
@@ -66,6 +71,14 @@ class Link:
 
     def send(self, envelope: pb.Envelope) -> None:
         """Queue one envelope; it is sent in order. Never blocks."""
+        if self._send_nowait is not None:
+            try:
+                self._send_nowait(encode(envelope))
+            except MessageTooLargeError as exc:  # senders check sizes first; never let one frame end the link
+                logger.error("Dropped a frame to %s: %s", self.health.peer_name, exc)
+            except ConnectionLostError:
+                pass  # the link has ended (its receiver reports why); calls are settled by their owners
+            return
         try:
             self._outbox_in.send_nowait(encode(envelope))
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
@@ -87,7 +100,8 @@ class Link:
         try:
             async with anyio.create_task_group() as tg:
                 self._task_group = tg
-                tg.start_soon(self._sender)
+                if self._send_nowait is None:
+                    tg.start_soon(self._sender)
                 tg.start_soon(self._receiver)
                 if self._send_heartbeats:
                     tg.start_soon(self._heartbeats)
@@ -119,14 +133,34 @@ class Link:
             self._task_group.cancel_scope.cancel()
 
     async def _sender(self) -> None:
+        outbox = self._outbox
         try:
-            async for frame in self._outbox:
+            async for frame in outbox:
+                if self._send_many is None:
+                    await self._send_one(frame)
+                    continue
+                frames = [frame]
+                while True:
+                    try:
+                        frames.append(outbox.receive_nowait())
+                    except anyio.WouldBlock:
+                        break
+                if len(frames) == 1:
+                    await self._send_one(frame)
+                    continue
                 try:
-                    await self.connection.send(frame)
-                except MessageTooLargeError as exc:  # senders check sizes first; never let one frame end the link
-                    logger.error("Dropped a frame to %s: %s", self.health.peer_name, exc)
+                    await self._send_many(frames)
+                except MessageTooLargeError:  # nothing was sent: send them one by one, dropping the culprit
+                    for frame in frames:
+                        await self._send_one(frame)
         except EasyRemoteError as exc:
             self._end(_describe(exc))
+
+    async def _send_one(self, frame: bytes) -> None:
+        try:
+            await self.connection.send(frame)
+        except MessageTooLargeError as exc:  # senders check sizes first; never let one frame end the link
+            logger.error("Dropped a frame to %s: %s", self.health.peer_name, exc)
 
     async def _receiver(self) -> None:
         health = self.health

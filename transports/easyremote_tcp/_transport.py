@@ -105,20 +105,22 @@ class TcpConnection(Connection):
         self._released = False  # the socket is closed
 
     async def send(self, frame: bytes) -> None:
-        size = len(frame)
-        if size > self._max:
-            raise MessageTooLargeError(f"frame of {size} bytes exceeds max_message_size ({self._max})")
-        header = _HEADER.pack(size)
+        await self.send_many([frame])
+
+    async def send_many(self, frames: list[bytes]) -> None:
+        """Send ``frames`` in order, small ones together in one write; raises
+        ``MessageTooLargeError`` before sending any if one is too large."""
+        for frame in frames:
+            if len(frame) > self._max:
+                raise MessageTooLargeError(f"frame of {len(frame)} bytes exceeds max_message_size ({self._max})")
+        writes = _coalesce(frames)
         async with self._send_lock:
             if self._closed:
                 raise ConnectionLostError(f"link to {self.peer} is closed")
             await anyio.lowlevel.checkpoint_if_cancelled()
             try:
-                if size <= _COALESCE_LIMIT:
-                    await self._stream.send(header + frame)
-                else:
-                    await self._stream.send(header)
-                    await self._stream.send(frame)
+                for data in writes:
+                    await self._stream.send(data)
             except anyio.get_cancelled_exc_class():
                 # Part of the frame may be on the wire already; the peer could never
                 # find the next frame boundary, so the link cannot be used again.
@@ -217,6 +219,26 @@ class TcpConnection(Connection):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         except OSError:  # already closed
             pass
+
+
+def _coalesce(frames: list[bytes]) -> list[bytes]:
+    """The writes that carry ``frames`` with their headers: small frames share one write,
+    a large one goes out after its header without being copied."""
+    writes: list[bytes] = []
+    pending: list[bytes] = []
+    for frame in frames:
+        header = _HEADER.pack(len(frame))
+        if len(frame) <= _COALESCE_LIMIT:
+            pending.append(header)
+            pending.append(frame)
+            continue
+        pending.append(header)
+        writes.append(b"".join(pending))
+        writes.append(frame)
+        pending = []
+    if pending:
+        writes.append(b"".join(pending))
+    return writes
 
 
 class TcpListener(Listener):
