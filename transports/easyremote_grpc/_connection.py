@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import struct
 from abc import abstractmethod
-from collections.abc import Awaitable
+from collections import deque
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 from urllib.parse import unquote
 
@@ -13,44 +15,169 @@ import anyio
 import grpc
 import grpc.aio
 
-from easyremote_core import Connection, ConnectionLostError, MessageTooLargeError
+from easyremote_core import Connection, ConnectionLostError, MessageTooLargeError, ProtocolError
 
 logger = logging.getLogger("easyremote.grpc")
 
-# How long an orderly close from the dialling side waits for the gateway to end the
-# RPC before it cancels it.
+# How long an orderly close waits for queued frames to go out and for the gateway to
+# end the RPC, and how long a closed connection waits for its reader and writer to end
+# with the RPC before it cancels them.
 CLOSE_TIMEOUT = 1.0
 
-# A server cannot tell the dialling peer's half-close from a read that failed (gRPC
-# Python reports both as EOF). So the dialling peer announces an orderly close with an
-# empty message first, and escapes its frames that are empty or begin with a zero byte
-# (a serialized envelope never does) by prefixing a zero byte.
+# One gRPC message carries one frame or several. Every message says which by its
+# first byte (a serialized envelope never begins with a byte below 0x08):
+#   empty        the dialling peer closes the link in an orderly way (a server cannot
+#                tell the dialling peer's half-close from a read that failed: gRPC
+#                Python reports both as EOF)
+#   0x00 + frame one frame that is empty or begins with 0x00 or 0x01
+#   0x01 + ...   several frames, each a 4-byte big-endian length and the frame
+#   otherwise    the message is the frame
 CLOSE_MARKER = b""
-_ESCAPE = b"\x00"
+_ESCAPE = 0x00
+_BATCH = 0x01
+_ESCAPE_PREFIX = b"\x00"
+_BATCH_PREFIX = b"\x01"
+_LENGTH = struct.Struct(">I")
+# Frames queued together go out in one message up to this many bytes; grpc.aio costs
+# the same per message whatever its size, and the receiver's gRPC limit always has room.
+BATCH_BYTES = 64 * 1024
+# Past this many bytes waiting to be written, ``send`` waits for the writer.
+SEND_HIGH_WATER = 4 * 1024 * 1024
+# Frames read but not yet received; past it the reader stops reading (gRPC flow control
+# then holds the peer back).
+RECEIVE_BUFFER = 1024
 
 _GrpcFailure = (grpc.RpcError, grpc.aio.BaseError, asyncio.InvalidStateError)
+
+
+def pack(frames: list[bytes]) -> bytes:
+    """One gRPC message carrying ``frames`` (at least one)."""
+    if len(frames) == 1:
+        frame = frames[0]
+        if not frame or frame[0] <= _BATCH:
+            return _ESCAPE_PREFIX + frame
+        return frame
+    parts = [_BATCH_PREFIX]
+    for frame in frames:
+        parts.append(_LENGTH.pack(len(frame)))
+        parts.append(frame)
+    return b"".join(parts)
+
+
+def unpack(message: bytes) -> list[bytes]:
+    """The frames of one gRPC message that is not the close marker."""
+    first = message[0]
+    if first > _BATCH:
+        return [message]
+    if first == _ESCAPE:
+        return [message[1:]]
+    frames = []
+    view = memoryview(message)
+    offset, end = 1, len(message)
+    while offset < end:
+        if offset + 4 > end:
+            raise ProtocolError("a batch of frames ends inside a length")
+        (size,) = _LENGTH.unpack_from(message, offset)
+        offset += 4
+        if offset + size > end:
+            raise ProtocolError("a batch of frames ends inside a frame")
+        frames.append(bytes(view[offset : offset + size]))
+        offset += size
+    return frames
+
+
+class _Inbox:
+    """Frames the reader delivered, until ``receive`` takes them; then the link's end."""
+
+    def __init__(self) -> None:
+        self.frames: deque[bytes] = deque()
+        self.end: Callable[[], BaseException] | None = None
+        self._waiters: list[asyncio.Future[None]] = []
+        self._space: asyncio.Future[None] | None = None
+
+    def put(self, frames: list[bytes]) -> None:
+        self.frames.extend(frames)
+        self._wake()
+
+    def finish(self, end: Callable[[], BaseException]) -> None:
+        """Frames already delivered are still received; then ``end()`` is raised, every time."""
+        if self.end is None:
+            self.end = end
+            self._wake()
+            self._wake_reader()
+
+    def discard(self, end: Callable[[], BaseException]) -> None:
+        """Drop undelivered frames; from now on ``end()`` is raised."""
+        self.frames.clear()
+        self.end = end
+        self._wake()
+        self._wake_reader()
+
+    async def get(self) -> bytes:
+        frames = self.frames
+        while not frames:
+            if self.end is not None:
+                raise self.end()
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+        frame = frames.popleft()
+        if self._space is not None and len(frames) < RECEIVE_BUFFER:
+            self._wake_reader()
+        return frame
+
+    async def wait_for_space(self) -> None:
+        """Return once fewer than ``RECEIVE_BUFFER`` frames wait, or the inbox has ended."""
+        while len(self.frames) >= RECEIVE_BUFFER and self.end is None:
+            self._space = asyncio.get_running_loop().create_future()
+            try:
+                await self._space
+            finally:
+                self._space = None
+
+    def _wake(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _wake_reader(self) -> None:
+        if self._space is not None and not self._space.done():
+            self._space.set_result(None)
 
 
 class GrpcConnection(Connection):
     """Frames over one ``/easyremote.v1.Gateway/Link`` stream.
 
     grpc.aio cancels the whole RPC when a task awaiting one of its reads or writes is
-    cancelled. A timeout around ``receive`` must not end the link, so every read and
-    write runs as its own task owned by this connection: the caller waits for it
-    and may be cancelled, the operation goes on, and ``aclose`` reaps what is left.
-    One write at a time: gRPC refuses overlapping writes on a call.
+    cancelled, and refuses overlapping writes. So one reader task and one writer task,
+    owned by this connection, do every read and write: ``receive`` takes frames the
+    reader delivered, ``send`` queues frames for the writer, which packs the frames
+    waiting together into one gRPC message. A caller may be cancelled at any await
+    without harming the link. ``aclose`` waits for both tasks.
     """
 
     def __init__(self, peer: str, max_message_size: int) -> None:
         self.peer = peer
         self._max = max_message_size
-        self._send_lock = anyio.Lock()
-        self._receive_lock = anyio.Lock()
-        self._pending_read: asyncio.Task[Any] | None = None
-        self._pending_write: asyncio.Task[Any] | None = None
-        self._closed = False
-        self._eof = False
+        self._inbox = _Inbox()
+        self._outbox: deque[bytes] = deque()
+        self._queued_bytes = 0
+        self._writer_wakeup: asyncio.Future[None] | None = None
+        self._drained: asyncio.Future[None] | None = None
+        self._closing = False  # no more sends; the writer ends once the outbox is empty
+        self._closed = False  # closed by this side: sends and receives fail
         self._lost: str | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._writer: asyncio.Task[None] | None = None
+
+    def _start(self) -> None:
+        self._reader = _spawn(self._read_loop())
+        self._writer = _spawn(self._write_loop())
 
     # -- what each end provides -------------------------------------------------
 
@@ -59,54 +186,140 @@ class GrpcConnection(Connection):
         """One gRPC read: bytes, or ``grpc.aio.EOF`` after the peer's orderly close."""
 
     @abstractmethod
-    def _write_op(self, frame: bytes) -> Awaitable[None]:
+    def _write_op(self, message: bytes) -> Awaitable[None]:
         """One gRPC write."""
 
     @abstractmethod
-    async def _frame_of(self, message: Any) -> bytes:
-        """The frame a read delivered; raises ``EndOfStream`` or ``ConnectionLostError``."""
+    async def _end_of(self, message: Any) -> Callable[[], BaseException] | None:
+        """The link's end when ``message`` is EOF or the close marker, else ``None``."""
 
     @abstractmethod
     async def _describe_failure(self, exc: BaseException | None) -> str:
         """Why the link broke, in words, given the failed operation's exception."""
 
+    async def _after_writes(self) -> None:
+        """Run by the writer once every queued frame is written on an orderly close."""
+
     # -- Connection -------------------------------------------------------------
 
-    async def send(self, frame: bytes) -> None:
+    def send_nowait(self, frame: bytes) -> None:
+        """Queue one frame for the writer; raises ``MessageTooLargeError`` or ``ConnectionLostError``."""
         if len(frame) > self._max:
             raise MessageTooLargeError(f"frame of {len(frame)} bytes exceeds max_message_size ({self._max})")
-        async with self._send_lock:
-            if self._pending_write is not None:  # a write whose sender was cancelled
-                await self._finish_write(self._pending_write)
-            self._raise_if_unusable()
-            task = self._pending_write = _spawn(self._write_op(frame))
-            await self._finish_write(task)
+        if self._closing or self._lost is not None:
+            raise self._unusable()
+        self._outbox.append(frame)
+        self._queued_bytes += len(frame)
+        wakeup = self._writer_wakeup
+        if wakeup is not None and not wakeup.done():
+            wakeup.set_result(None)
 
-    async def _finish_write(self, task: asyncio.Task[Any]) -> None:
-        await asyncio.wait({task})
-        self._pending_write = None
-        if task.cancelled() or task.exception() is not None:
-            raise await self._lose(None if task.cancelled() else task.exception())
+    async def send(self, frame: bytes) -> None:
+        self.send_nowait(frame)
+        while self._queued_bytes > SEND_HIGH_WATER and self._lost is None:
+            self._drained = self._drained or asyncio.get_running_loop().create_future()
+            await asyncio.shield(self._drained)
 
     async def receive(self) -> bytes:
-        async with self._receive_lock:
-            if self._eof:
-                raise anyio.EndOfStream
-            if self._pending_read is None:
-                self._raise_if_unusable()
-                self._pending_read = _spawn(self._read_op())
-            task = self._pending_read
-            await asyncio.wait({task})
-            self._pending_read = None
-            if task.cancelled() or task.exception() is not None:
-                raise await self._lose(None if task.cancelled() else task.exception())
-            return await self._frame_of(task.result())
+        return await self._inbox.get()
 
-    def _raise_if_unusable(self) -> None:
-        if self._closed:
-            raise ConnectionLostError("connection is closed")
-        if self._lost is not None:
-            raise ConnectionLostError(self._lost)
+    def _unusable(self) -> ConnectionLostError:
+        if self._closed or self._lost is None:
+            return ConnectionLostError("connection is closed")
+        return ConnectionLostError(self._lost)
+
+    # -- the reader and the writer ----------------------------------------------
+
+    async def _read_loop(self) -> None:
+        inbox = self._inbox
+        try:
+            while inbox.end is None:
+                message = await self._read_op()
+                if message is grpc.aio.EOF or not message:
+                    end = await self._end_of(message)
+                    if end is not None:
+                        inbox.finish(end)
+                        return
+                    continue
+                frames = unpack(message)
+                for frame in frames:
+                    if len(frame) > self._max:
+                        raise MessageTooLargeError(
+                            f"{self.peer} sent a frame of {len(frame)} bytes, above max_message_size ({self._max}); "
+                            "the link is closed"
+                        )
+                inbox.put(frames)
+                if len(inbox.frames) >= RECEIVE_BUFFER:
+                    await inbox.wait_for_space()
+        except (MessageTooLargeError, ProtocolError) as exc:
+            self._mark_lost(str(exc))
+            self._fail(exc)
+            self._abort_after_protocol_error(str(exc))
+        except _GrpcFailure as exc:
+            self._fail(await self._lose(exc))
+        except asyncio.CancelledError:
+            self._fail(await self._lose(None))
+            raise
+
+    async def _write_loop(self) -> None:
+        outbox = self._outbox
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                if not outbox:
+                    if self._closing:
+                        break
+                    self._writer_wakeup = loop.create_future()
+                    try:
+                        await self._writer_wakeup
+                    finally:
+                        self._writer_wakeup = None
+                    continue
+                message = self._take_message()
+                await self._write_op(message)
+            if self._lost is None:
+                await self._after_writes()
+        except _GrpcFailure as exc:
+            self._fail(await self._lose(exc))
+        except asyncio.CancelledError:
+            self._fail(await self._lose(None))
+            raise
+        finally:
+            outbox.clear()
+            self._queued_bytes = 0
+            self._wake_senders()
+
+    def _take_message(self) -> bytes:
+        """Pop the frames that go out in the next message and pack them."""
+        outbox = self._outbox
+        frame = outbox.popleft()
+        frames = [frame]
+        taken = size = len(frame)
+        while outbox and size + 4 + len(outbox[0]) <= BATCH_BYTES:
+            frame = outbox.popleft()
+            frames.append(frame)
+            taken += len(frame)
+            size += 4 + len(frame)
+        self._queued_bytes -= taken
+        if self._drained is not None and self._queued_bytes <= SEND_HIGH_WATER:
+            self._wake_senders()
+        return pack(frames)
+
+    def _wake_senders(self) -> None:
+        drained, self._drained = self._drained, None
+        if drained is not None and not drained.done():
+            drained.set_result(None)
+
+    def _fail(self, exc: BaseException) -> None:
+        """The link broke: frames read so far are still received, then ``exc``."""
+        self._closing = True
+        self._inbox.finish(lambda: _copy(exc))
+        wakeup = self._writer_wakeup
+        if wakeup is not None and not wakeup.done():
+            wakeup.set_result(None)
+
+    def _abort_after_protocol_error(self, reason: str) -> None:
+        """End the RPC after the peer broke the framing rules."""
 
     async def _lose(self, exc: BaseException | None) -> ConnectionLostError:
         if self._closed:
@@ -121,13 +334,27 @@ class GrpcConnection(Connection):
             self._lost = f"link to {self.peer} broke: {reason}"
             logger.debug("%s", self._lost)
 
-    async def _reap(self) -> None:
-        """Wait for what still runs on the call after it was ended, cancelling stragglers.
+    def _close_locally(self) -> None:
+        self._closed = self._closing = True
+        self._inbox.discard(lambda: ConnectionLostError("connection is closed"))
+
+    async def _flush(self) -> None:
+        """Let the writer write what is queued (and its close), then end."""
+        self._closing = True
+        wakeup = self._writer_wakeup
+        if wakeup is not None and not wakeup.done():
+            wakeup.set_result(None)
+        if self._writer is not None:
+            await asyncio.wait({self._writer})
+
+    async def reap(self) -> None:
+        """Wait for the reader and the writer to end with the call, cancelling stragglers.
 
         An operation ended by the call's own end completes inside gRPC core too; one
         cancelled here leaves a core completion behind that may arrive late.
         """
-        tasks = {t for t in (self._pending_read, self._pending_write) if t is not None and not t.done()}
+        self._close_locally()
+        tasks = {t for t in (self._reader, self._writer) if t is not None and not t.done()}
         if tasks:
             _, stragglers = await asyncio.wait(tasks, timeout=CLOSE_TIMEOUT)
             for task in stragglers:
@@ -136,16 +363,23 @@ class GrpcConnection(Connection):
                 await asyncio.wait(stragglers)
 
 
-def _spawn(operation: Awaitable[Any]) -> asyncio.Task[Any]:
+def _copy(exc: BaseException) -> BaseException:
+    """A fresh exception like ``exc``, so that raising it again does not grow its traceback."""
+    fresh = type(exc)(*exc.args)
+    fresh.__cause__ = exc.__cause__
+    return fresh
+
+
+def _spawn(operation: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
     task = asyncio.ensure_future(operation)
     task.add_done_callback(_retrieve_outcome)
     return task
 
 
 def _retrieve_outcome(task: asyncio.Task[Any]) -> None:
-    """Mark a failed operation's exception as seen: a cancelled sender never awaits it."""
-    if not task.cancelled():
-        task.exception()
+    """Log what a reader or writer raised beyond the failures it reports itself."""
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("gRPC link task failed", exc_info=task.exception())
 
 
 class ClientConnection(GrpcConnection):
@@ -156,20 +390,18 @@ class ClientConnection(GrpcConnection):
         super().__init__(peer, max_message_size)
         self.channel = channel
         self._call = call
+        self._start()
 
     def _read_op(self) -> Awaitable[Any]:
         return self._call.read()
 
-    def _write_op(self, frame: bytes) -> Awaitable[None]:
-        if not frame or frame[:1] == _ESCAPE:
-            frame = _ESCAPE + frame
-        return self._call.write(frame)
+    def _write_op(self, message: bytes) -> Awaitable[None]:
+        return self._call.write(message)
 
-    async def _frame_of(self, message: Any) -> bytes:
+    async def _end_of(self, message: Any) -> Callable[[], BaseException] | None:
         if message is grpc.aio.EOF:  # the gateway ended the RPC with status OK
-            self._eof = True
-            raise anyio.EndOfStream
-        return bytes(message)
+            return anyio.EndOfStream
+        raise ProtocolError("the gateway sent an empty message")
 
     async def _describe_failure(self, exc: BaseException | None) -> str:
         if isinstance(exc, grpc.aio.AioRpcError):
@@ -178,73 +410,82 @@ class ClientConnection(GrpcConnection):
             return describe_rpc_error(await self._call.code(), await self._call.details())
         return f"{type(exc).__name__}: {exc}" if exc is not None else "the call was cancelled"
 
+    async def _after_writes(self) -> None:
+        if self._closed and not self._call.done():  # an orderly close: tell the gateway
+            await self._call.write(CLOSE_MARKER)
+            await self._call.done_writing()
+
+    def _abort_after_protocol_error(self, reason: str) -> None:
+        self._call.cancel()
+
     async def aclose(self) -> None:
         if self._closed:
             return
+        self._closed = True
         with anyio.CancelScope(shield=True):
             with anyio.move_on_after(CLOSE_TIMEOUT):
-                async with self._send_lock:
-                    if self._pending_write is not None:
-                        await asyncio.wait({self._pending_write})
-                    if self._lost is None and not self._call.done():
-                        try:
-                            await self._call.write(CLOSE_MARKER)
-                            await self._call.done_writing()
-                        except _GrpcFailure:
-                            pass
-                        else:
-                            await self._call.code()  # the gateway ends the RPC
-            self._closed = True
+                await self._flush()
+                if self._lost is None and not self._call.done():
+                    await self._call.code()  # the gateway ends the RPC
+            self._close_locally()
             self._call.cancel()
-            await self._reap()
+            await self.reap()
             await self.channel.close(grace=None)
 
 
 class ServerConnection(GrpcConnection):
-    """The accepting end: one Link RPC, ended by :meth:`aclose` (OK) or :meth:`abort`."""
+    """The accepting end: one Link RPC, ended by :meth:`aclose` (OK) or :meth:`abort`.
+
+    Its reader and writer start with :meth:`run_rpc` and end with the RPC; whoever
+    accepted the connection awaits :meth:`reap` once it is closed.
+    """
 
     def __init__(self, context: grpc.aio.ServicerContext, max_message_size: int) -> None:
         super().__init__(readable_peer(context.peer()), max_message_size)
         self._context = context
         self.finished = anyio.Event()
         self._abort_reason: str | None = None
+        self._start()
 
     def _read_op(self) -> Awaitable[Any]:
         return self._context.read()
 
-    def _write_op(self, frame: bytes) -> Awaitable[None]:
-        return self._context.write(frame)
+    def _write_op(self, message: bytes) -> Awaitable[None]:
+        return self._context.write(message)
 
-    async def _frame_of(self, message: Any) -> bytes:
+    async def _end_of(self, message: Any) -> Callable[[], BaseException] | None:
         if message is grpc.aio.EOF:  # no close marker: the RPC broke
-            raise await self._lose(None)
-        if message == CLOSE_MARKER:
-            self._eof = True
-            raise anyio.EndOfStream
-        return message[1:] if message[:1] == _ESCAPE else bytes(message)
+            exc = await self._lose(None)
+            return lambda: _copy(exc)
+        return anyio.EndOfStream  # the close marker
 
     async def _describe_failure(self, exc: BaseException | None) -> str:
         if exc is None or isinstance(exc, asyncio.CancelledError):
             return "the peer went away without closing the link"
         return f"{type(exc).__name__}: {exc}"
 
+    def _abort_after_protocol_error(self, reason: str) -> None:
+        self.abort(reason)
+
     async def aclose(self) -> None:
-        """End the RPC with status OK: the peer sees an orderly close."""
+        """End the RPC with status OK once queued frames are written: the peer sees an orderly close."""
         if self._closed:
             return
-        with anyio.CancelScope(shield=True), anyio.move_on_after(CLOSE_TIMEOUT):
-            async with self._send_lock:
-                if self._pending_write is not None:
-                    await asyncio.wait({self._pending_write})
         self._closed = True
+        with anyio.CancelScope(shield=True), anyio.move_on_after(CLOSE_TIMEOUT):
+            await self._flush()
+        self._close_locally()
         self.finished.set()
 
     def abort(self, reason: str) -> None:
         """End the RPC with status UNAVAILABLE: the peer sees a broken link."""
-        if self._closed:
+        if self._abort_reason is not None or self.finished.is_set():
             return
-        self._closed = True
         self._abort_reason = reason
+        self._close_locally()
+        wakeup = self._writer_wakeup
+        if wakeup is not None and not wakeup.done():
+            wakeup.set_result(None)
         self.finished.set()
 
     async def run_rpc(self) -> None:
@@ -253,7 +494,7 @@ class ServerConnection(GrpcConnection):
             await self.finished.wait()
         except asyncio.CancelledError:  # gRPC cancels the handler when the RPC dies
             self._mark_lost("the peer went away (RPC cancelled)")
-            raise  # reads and writes still pending fail by themselves as the RPC ends
+            raise  # the reader and the writer fail by themselves as the RPC ends
         if self._abort_reason is not None:
             self._context.set_code(grpc.StatusCode.UNAVAILABLE)
             self._context.set_details(self._abort_reason)

@@ -136,6 +136,7 @@ class GrpcListener(Listener):
         self._grace = shutdown_grace
         self._health = health.aio.HealthServicer()
         self._incoming_send, self._incoming = anyio.create_memory_object_stream[ServerConnection](math.inf)
+        self._connections: set[ServerConnection] = set()  # each until its reader and writer ended
         self._started = False
         self._closing = False
         self._stopped = anyio.Event()
@@ -178,6 +179,10 @@ class GrpcListener(Listener):
             connection.abort("the gateway's link handler failed")
         else:
             await connection.aclose()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await connection.reap()
+            self._connections.discard(connection)
 
     async def _link(self, request_iterator: object, context: grpc.aio.ServicerContext) -> None:
         """The Link RPC: hand a connection to ``serve`` and hold the RPC until it closes."""
@@ -187,6 +192,7 @@ class GrpcListener(Listener):
             return
         await context.send_initial_metadata(())  # tells the dialling peer the link is accepted
         connection = ServerConnection(context, self._options.max_message_size)
+        self._connections.add(connection)
         try:
             self._incoming_send.send_nowait(connection)
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
@@ -202,6 +208,10 @@ class GrpcListener(Listener):
             self._incoming_send.close()
             await self._health.enter_graceful_shutdown()
             await self._server.stop(self._grace or None)
+            for connection in list(self._connections):  # links that never reached the handler
+                connection.abort("the gateway is shutting down")
+                await connection.reap()
+            self._connections.clear()
         finally:
             self._stopped.set()
 
