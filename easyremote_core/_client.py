@@ -6,9 +6,9 @@ import functools
 import logging
 import math
 import os
+import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -296,19 +296,19 @@ class _CallContext:
             self._close()
             try:
                 self._deadline.__exit__(type(exc), exc, exc.__traceback__)
-            except TimeoutError:
-                pass  # the original exception says more
+            except TimeoutError:  # the deadline passed while waiting for the gateway
+                raise self._unavailable() from None
             raise
         return self._next
 
+    def _unavailable(self) -> GatewayUnavailableError:
+        supervisor = self._client._supervisor
+        reason = (supervisor.last_error if supervisor is not None else "") or "not connected"
+        return GatewayUnavailableError(
+            f"gateway {self._client.address} was not reachable within {self._timeout:g} s ({reason})")
+
     async def _dispatch(self) -> None:
-        try:
-            link = await self._client._link()
-        except TimeoutError:
-            raise GatewayUnavailableError(
-                f"gateway {self._client.address} was not reachable within {self._timeout:g} s "
-                f"({self._client._supervisor.last_error if self._client._supervisor else 'not started'})"
-            ) from None
+        link = await self._client._link()
         self._client._send(self._pending, link, max(self._scope.deadline - anyio.current_time(), 0.001))
 
     async def _next(self) -> pb.Envelope:
@@ -352,26 +352,38 @@ class _CallContext:
 class Client:
     """The blocking client: ``Client("host:8080").execute("add", 1, 2)``.
 
-    It runs an :class:`AsyncClient` on an event loop in a worker thread of its own.
+    It runs an :class:`AsyncClient` on an event loop in a daemon thread of its own,
+    so a client that is never closed does not keep the program from exiting.
     """
 
     def __init__(self, gateway: str, timeout: float = 30.0, auth_token: str | None = None, **options: Any) -> None:
         self._options = dict(gateway=gateway, timeout=timeout, auth_token=auth_token, **options)
         AsyncClient(**self._options)  # validate here, before a thread starts
-        self._portal_cm: AbstractContextManager[anyio.from_thread.BlockingPortal] | None = \
-            anyio.from_thread.start_blocking_portal()
-        self._portal = self._portal_cm.__enter__()
-        try:
-            self._running, self._client = self._portal.start_task(self._serve)
-        except BaseException:
-            self.close()
-            raise
+        self._thread: threading.Thread | None = None
+        started = threading.Event()
+        failure: list[BaseException] = []
 
-    async def _serve(self, *, task_status: anyio.abc.TaskStatus[AsyncClient]) -> None:
-        self._closing = anyio.Event()
-        async with AsyncClient(**self._options) as client:
-            task_status.started(client)
-            await self._closing.wait()
+        async def main() -> None:
+            try:
+                async with anyio.from_thread.BlockingPortal() as portal, AsyncClient(**self._options) as client:
+                    self._portal, self._client = portal, client
+                    self._closing = anyio.Event()
+                    started.set()
+                    await self._closing.wait()
+            except BaseException as exc:
+                failure.append(exc)
+                raise
+            finally:
+                started.set()
+
+        self._thread = threading.Thread(target=anyio.run, args=(main,), daemon=True,
+                                        name=f"easyremote-client-{gateway}")
+        self._thread.start()
+        started.wait()
+        if failure:
+            self._thread.join()
+            self._thread = None
+            raise failure[0]
 
     @property
     def address(self) -> str:
@@ -383,8 +395,7 @@ class Client:
 
     def execute(self, function: str, *args: Any, node_id: str | None = None, timeout: float | None = None,
                 **kwargs: Any) -> Any:
-        return self._portal.call(functools.partial(self._client.call, function, args, kwargs,
-                                                   node_id=node_id, timeout=timeout))
+        return self.call(function, args, kwargs, node_id=node_id, timeout=timeout)
 
     def call(self, function: str, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None, *,
              node_id: str | None = None, timeout: float | None = None) -> Any:
@@ -393,15 +404,32 @@ class Client:
 
     def stream(self, function: str, *args: Any, node_id: str | None = None, timeout: float | None = None,
                **kwargs: Any) -> Iterator[Any]:
-        iterator = self._client.stream(function, *args, node_id=node_id, timeout=timeout, **kwargs)
+        """Iterate over a generator function's items; one task on the loop owns the whole stream."""
+        send, receive = anyio.create_memory_object_stream[tuple[str, Any]](16)
+
+        async def produce(*, task_status: anyio.abc.TaskStatus[None]) -> None:
+            async with send:
+                task_status.started()
+                try:
+                    async for item in self._client.stream(function, *args, node_id=node_id, timeout=timeout,
+                                                          **kwargs):
+                        await send.send(("item", item))
+                except Exception as exc:
+                    await send.send(("error", exc))
+
+        running, _ = self._portal.start_task(produce)
         try:
             while True:
                 try:
-                    yield self._portal.call(iterator.__anext__)
-                except StopAsyncIteration:
+                    kind, value = self._portal.call(receive.receive)
+                except anyio.EndOfStream:
                     return
+                if kind == "error":
+                    raise value
+                yield value
         finally:
-            self._portal.call(iterator.aclose)
+            running.cancel()
+            self._portal.call(receive.aclose)
 
     def list_nodes(self, timeout: float | None = None) -> list[NodeInfo]:
         return self._portal.call(self._client.list_nodes, timeout)
@@ -414,23 +442,17 @@ class Client:
         self._portal.call(wait)
 
     def close(self) -> None:
-        cm, self._portal_cm = self._portal_cm, None
-        if cm is None:
+        thread, self._thread = self._thread, None
+        if thread is None:
             return
-        if getattr(self, "_client", None) is not None:
+        try:
             self._portal.call(self._closing.set)
-            self._running.result()
-        cm.__exit__(None, None, None)
+        except RuntimeError:
+            pass  # the loop has already gone
+        thread.join(10)
 
     def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-    def __del__(self) -> None:
-        if getattr(self, "_portal_cm", None) is not None:
-            try:
-                self.close()
-            except Exception:
-                pass

@@ -58,6 +58,7 @@ class _Call:
     client: _Peer | None
     node: _NodeSession | None = None
     idempotent: bool = False
+    asked_again: bool = False
     deliveries: int = 0
     started: float = 0.0
     buffered: list[pb.Envelope] = field(default_factory=list)  # answers held while the client is away
@@ -387,15 +388,11 @@ class Gateway:
                 if envelope.WhichOneof("body") in _TERMINAL:
                     self._forget(existing)
             return
-        spec = self._function_spec(request.function)
-        call = _Call(request=request, client=client, idempotent=bool(spec and spec.idempotent),
-                     started=anyio.current_time())
-        if request.attempt > 1 and spec is not None and not spec.idempotent:
-            client.link.send(error_frame(
-                request.call_id, ErrorCode.CODE_CANCELLED,
-                f"the gateway lost call {request.call_id} of {request.function!r} while the link was down; "
-                "it may or may not have run, and it is not retried because the function is not idempotent"))
-            return
+        # A call asked again (attempt > 1) that this gateway does not know was lost with the
+        # link (or with a gateway restart); _dispatch decides, once a node says whether the
+        # function is idempotent, whether it may run again.
+        call = _Call(request=request, client=client, started=anyio.current_time(),
+                     asked_again=request.attempt > 1)
         self._calls[request.call_id] = call
         client.calls[request.call_id] = call
         self._dispatch(call)
@@ -405,6 +402,15 @@ class Gateway:
         request = call.request
         node, problem = self._pick(request.function, request.node_id)
         if node is not None:
+            spec = node.functions[request.function]
+            call.idempotent = spec.idempotent
+            if call.asked_again and call.deliveries == 0 and not spec.idempotent:
+                self._finish(call, error_frame(
+                    request.call_id, ErrorCode.CODE_CANCELLED,
+                    f"call {request.call_id} of {request.function!r} was lost with the link to the gateway; "
+                    "it may or may not have run, and it is not run again because the function is not "
+                    "idempotent"))
+                return
             call.node = node
             call.deliveries += 1
             node.calls[request.call_id] = call
@@ -512,13 +518,6 @@ class Gateway:
             call.client.calls.pop(call_id, None)
 
     # -- queries --------------------------------------------------------------------------
-
-    def _function_spec(self, function: str) -> pb.FunctionSpec | None:
-        for node in self._nodes.values():
-            spec = node.functions.get(function)
-            if spec is not None:
-                return spec
-        return None
 
     def _node_list(self, request_id: str) -> pb.NodeList:
         now = anyio.current_time()

@@ -458,7 +458,11 @@ class ComputeNode:
     @property
     def _last_heartbeat_time(self) -> float | None:
         """Wall-clock time (``time.time()``) of the last frame from the gateway."""
-        return self._latest.last_received_wall if self._latest is not None else None
+        supervisor = self._latest
+        if supervisor is None:
+            return None
+        link = supervisor.link
+        return link.last_received_wall if link is not None else supervisor.last_received_wall
 
     def status(self) -> NodeStatus:
         supervisor = self._latest

@@ -218,6 +218,17 @@ class ConnectionSupervisor:
         )
         established = False
         self.link = link  # frames that arrive while establishing are handled on this link
+
+        def ended(reason: str) -> None:  # runs the moment the link ends, before its connection closes
+            if self.link is link:
+                self.link = None
+            self.last_received_wall = link.last_received_wall
+            if established:
+                if self._on_link_lost is not None:
+                    self._on_link_lost(reason)
+                self._set_state(ConnectionState.RECONNECTING, reason)
+
+        link.on_end = ended
         try:
             async with anyio.create_task_group() as tg:
                 async def serve_link() -> None:
@@ -240,10 +251,8 @@ class ConnectionSupervisor:
                     self.policy.reset()
                     self._set_state(ConnectionState.READY)
         finally:
-            self.link = None
-            self.last_received_wall = link.last_received_wall
-            if established and self._on_link_lost is not None:
-                self._on_link_lost(link.end_reason or "connection closed")
+            if self.link is link:
+                self.link = None
         if not established:
             raise ConnectionLostError(link.end_reason or "the link ended before the gateway accepted it")
         return link.end_reason or "connection closed"

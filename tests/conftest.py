@@ -9,9 +9,11 @@ import pytest
 
 @pytest.fixture
 def anyio_backend() -> str:
+    """asyncio; modules that also run on trio parametrize their own ``anyio_backend``."""
     return "asyncio"
 
 
 @pytest.fixture(autouse=True)
 def _easyremote_debug_logs(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="easyremote")
+

@@ -53,3 +53,16 @@ async def client_for(gw: Gateway, **options: Any) -> AsyncIterator[AsyncClient]:
     async with AsyncClient(address(gw), **options) as client:
         await client.wait_ready()
         yield client
+
+
+@pytest.fixture(scope="module")
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="module", autouse=True)
+async def _one_event_loop_per_module(anyio_backend: str) -> AsyncIterator[None]:
+    """Holding this fixture keeps one event loop for the whole module. grpc.aio finishes
+    cancelled operations on the loop that started them; with a new loop per test they land
+    on a closed one ("Event loop is closed")."""
+    yield

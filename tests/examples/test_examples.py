@@ -20,21 +20,6 @@ from easyremote_core.testing.processes import ManagedProcess, free_port
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 REGISTERED = "Registered to VPS successfully"
 
-SYNC_CLIENT_BUG = (
-    "product bug: the blocking Client cannot be used: Client() raises 'RuntimeError: Attempted to exit a cancel "
-    "scope that isn't the current tasks's current cancel scope' (AsyncClient.start() enters a task group inside "
-    "a BlockingPortal.call), and Client.stream() drives the async generator from a new portal task per item, "
-    "so its fail_after scope is exited in another task"
-)
-CANCELLED_BUG = (
-    SYNC_CLIENT_BUG + "; also a call made while the gateway is down raises CancelledError (a BaseException) "
-    "instead of GatewayUnavailableError when its timeout expires (_CallContext.__aenter__ re-raises the "
-    "cancellation that fail_after turned into TimeoutError)"
-)
-REMOTE_BUG = (
-    SYNC_CLIENT_BUG + "; also a program that uses @remote never exits: the Client cached in "
-    "easyremote_core._remote._clients is never closed, and its portal thread keeps the interpreter alive at exit"
-)
 
 
 class Example(ManagedProcess):
@@ -152,7 +137,6 @@ def test_node_reconnects_after_the_gateway_is_killed_and_restarted(gateway: VpsS
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(strict=True, reason=SYNC_CLIENT_BUG)
 @pytest.mark.parametrize("how", ["argv", "stdin"])
 def test_single_test_calls_every_function_once(gateway: VpsServer, node: Example, how: str) -> None:
     args = ("1",) if how == "argv" else ()
@@ -171,7 +155,6 @@ def test_single_test_calls_every_function_once(gateway: VpsServer, node: Example
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(strict=True, reason=SYNC_CLIENT_BUG)
 def test_continuous_test_stops_after_the_rounds_asked_for(gateway: VpsServer, node: Example) -> None:
     client = Example("test_reconnect_client.py", "2", "--interval", "0.1", "--rounds", "2",
                      env={"EASYREMOTE_GATEWAY": gateway.address})
@@ -183,7 +166,6 @@ def test_continuous_test_stops_after_the_rounds_asked_for(gateway: VpsServer, no
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.xfail(strict=True, reason=CANCELLED_BUG)
 def test_continuous_test_reports_the_outage_and_the_recovery(gateway: VpsServer, node: Example) -> None:
     client = Example("test_reconnect_client.py", "2", "--gateway", gateway.address,
                      env={"EASYREMOTE_INTERVAL": "0.2", "EASYREMOTE_TIMEOUT": "1"})
@@ -224,8 +206,7 @@ def test_continuous_test_reports_the_outage_and_the_recovery(gateway: VpsServer,
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize(("script", "expected"), [
-    pytest.param("remote_decorator.py", ["add(2, 3) = 5", "slow_square(1..3) = [1, 4, 9]", "countdown(3) = [3, 2, 1]"],
-                 marks=pytest.mark.xfail(strict=True, reason=REMOTE_BUG)),
+    ("remote_decorator.py", ["add(2, 3) = 5", "slow_square(1..3) = [1, 4, 9]", "countdown(3) = [3, 2, 1]"]),
     ("async_client.py", ["node my-robust-node (ready) serves add, countdown, slow_square", "add(2, 3) = 5",
                          "slow_square(0..9) = [0, 1, 4, 9, 16, 25, 36, 49, 64, 81]", "countdown(3) = [3, 2, 1]",
                          "no_such_function failed as expected: "]),

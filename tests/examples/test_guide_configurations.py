@@ -192,9 +192,6 @@ async def test_guide_configuration_lands_and_serves_a_call(
 
 
 @pytest.mark.timeout(30)
-@pytest.mark.xfail(strict=True, reason="product bug: node._last_heartbeat_time stays None (or holds the previous "
-                   "link's time) while a link is up; ConnectionSupervisor copies Link.last_received_wall only "
-                   "when the link ends")
 async def test_last_heartbeat_time_is_current_while_connected(gateway: Gateway) -> None:
     """The guide's '最后心跳' diagnostic shows when the gateway was last heard from."""
     node = development(f"127.0.0.1:{gateway.port}")
