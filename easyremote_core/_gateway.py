@@ -44,6 +44,7 @@ class _NodeSession(_Peer):
     registered: bool = False
     lost_at: float | None = None
     connected_at: float = 0.0
+    forget_timer: anyio.CancelScope | None = None  # running while the gateway waits for it to return
 
     @property
     def state(self) -> str:
@@ -285,6 +286,8 @@ class Gateway:
                 self.plugins.notify("easyremote_node_lost", gateway_id=self.gateway_id, node_id=node_id,
                                     reason=reason)
             old.link.close(reason)
+            if old.forget_timer is not None:
+                old.forget_timer.cancel()
             self._settle_lost_node_calls(old, "the node reconnected (its earlier session was replaced)")
         self._welcome(session.link)
         logger.info("Node %s connected from %s", node_id, connection.peer)
@@ -354,7 +357,10 @@ class Gateway:
                     node_id=session.node_id))
 
     async def _forget_node_later(self, session: _NodeSession) -> None:
-        await anyio.sleep(self.node_grace)
+        with anyio.CancelScope() as session.forget_timer:
+            await anyio.sleep(self.node_grace)
+        if session.forget_timer.cancel_called:
+            return  # the node came back
         if self._nodes.get(session.node_id) is session:
             del self._nodes[session.node_id]
             logger.info("Node %s did not come back within %s s; forgotten", session.node_id, _g(self.node_grace))
