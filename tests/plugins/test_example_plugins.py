@@ -71,7 +71,9 @@ def test_every_delay_is_positive_within_its_jitter_band_and_never_above_cap(
 
 
 @given(base=bases, stretch=stretches)
-def test_nominal_delays_never_decrease_and_reach_the_cap(example: ModuleType, base: float, stretch: float) -> None:
+def test_nominal_delays_never_decrease_and_reach_the_cap(
+    example: ModuleType, base: float, stretch: float
+) -> None:
     policy = example.FibonacciBackoff(base, base * stretch)
     nominal = [policy.nominal_delay(n) for n in range(1, 60)]
     assert nominal == sorted(nominal)
@@ -88,7 +90,9 @@ def test_huge_attempt_numbers_are_cheap_and_capped(example: ModuleType) -> None:
     assert policy.next_delay(10**9) == 60.0
 
 
-@pytest.mark.parametrize(("base", "cap"), [(0, 1), (-1, 1), (math.nan, 1), (math.inf, math.inf), (2, 1), (1, math.nan)])
+@pytest.mark.parametrize(
+    ("base", "cap"), [(0, 1), (-1, 1), (math.nan, 1), (math.inf, math.inf), (2, 1), (1, math.nan)]
+)
 def test_invalid_base_or_cap_is_refused(example: ModuleType, base: float, cap: float) -> None:
     with pytest.raises(ConfigurationError, match=r"^(base|cap) \("):
         example.FibonacciBackoff(base, cap)
@@ -144,7 +148,9 @@ async def answered_heartbeats(link: LinkHealth, round_trips: list[float]) -> Non
     await anyio.sleep_forever()  # the heartbeats go on; their answers do not come
 
 
-virtual_time = pytest.mark.parametrize("anyio_backend", [("trio", {"clock": MockClock(autojump_threshold=0)})])
+virtual_time = pytest.mark.parametrize(
+    "anyio_backend", [("trio", {"clock": MockClock(autojump_threshold=0)})]
+)
 
 
 def test_it_is_a_health_probe_registered_under_its_name(example: ModuleType) -> None:

@@ -69,7 +69,7 @@ def test_discovered_through_the_entry_point_group(site: Path) -> None:
     found = python(site, """
         import importlib.metadata, json
         from easyremote_core import PluginManager
-        [ep] = [ep for ep in importlib.metadata.entry_points(group="easyremote") if ep.name == "example-plugins"]
+        [ep] = importlib.metadata.entry_points(group="easyremote", name="example-plugins")
         manager = PluginManager()
         manager.load_entry_points()
         policy = manager.entries("retry policy")["fibonacci"]

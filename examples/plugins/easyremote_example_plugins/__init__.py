@@ -1,4 +1,4 @@
-"""An example third-party EasyRemote plugin: the ``fibonacci`` retry policy and the ``latency`` health probe."""
+"""An example third-party EasyRemote plugin: the ``fibonacci`` retry policy and the ``latency`` probe."""
 
 from __future__ import annotations
 
