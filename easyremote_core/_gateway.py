@@ -84,7 +84,7 @@ class Gateway:
         node_grace: float | None = None,
         startup_grace: float | None = None,
         handshake_timeout: float = 10.0,
-        max_pending_handshakes: int = 256,
+        max_handshake_rate: float = 500.0,
         tls: TLSConfig | None = None,
         plugins: PluginManager | None = None,
     ) -> None:
@@ -101,7 +101,7 @@ class Gateway:
         self._accepting_unknown_until = 0.0
         self.handshake_timeout = number("handshake_timeout", handshake_timeout, above=0)
         self.max_message_size = whole("max_message_size", max_message_size, minimum=1024)
-        self.max_pending_handshakes = whole("max_pending_handshakes", max_pending_handshakes, minimum=1)
+        self.max_handshake_rate = number("max_handshake_rate", max_handshake_rate, minimum=1)
         if isinstance(auth_token, str):
             auth_token = [auth_token]
         self._tokens = [t.encode() for t in auth_token] if auth_token is not None else []
@@ -117,7 +117,9 @@ class Gateway:
         self._calls: dict[str, _Call] = {}
         self._round_robin: dict[str, int] = {}
         self._nodes_changed: anyio.Event | None = None
-        self._pending_handshakes = 0
+        self._admission_tokens = self.max_handshake_rate  # a full bucket: a burst of this many at once
+        self._admission_at = 0.0
+        self._turns: dict[str, float] = {}  # node_id -> when a node told to wait may come in
         self._listener: Listener | None = None
         self._task_group: TaskGroup | None = None
         self._stack: AsyncExitStack | None = None
@@ -141,6 +143,7 @@ class Gateway:
         transport = resolve_transport(self.plugins, self._transport_choice, tls=self._tls)
         options = LinkOptions(max_message_size=self.max_message_size, tls=self._tls)
         self._nodes_changed = anyio.Event()
+        self._admission_at = anyio.current_time()
         stack = AsyncExitStack()
         try:
             self._listener = await transport.listen(self.host, self._requested_port, options)
@@ -201,34 +204,59 @@ class Gateway:
     # -- sessions -------------------------------------------------------------------------
 
     async def _handle_connection(self, connection: Connection) -> None:
-        self._pending_handshakes += 1
         try:
-            try:
-                with anyio.fail_after(self.handshake_timeout):
-                    hello = await self._receive_hello(connection)
-            except ProtocolError as exc:
-                logger.warning("Refused %s: ProtocolError: %s", connection.peer, exc)
-                await _send_quietly(connection, pb.Envelope(reject=pb.Reject(
-                    reason=pb.Reject.REASON_PROTOCOL, message=str(exc), protocol_version=PROTOCOL_VERSION)))
-                return
-            except (TimeoutError, anyio.EndOfStream, EasyRemoteError):
-                return  # a peer that left or never spoke (e.g. a reachability check)
-            refusal = self._check_hello(hello)
-            if refusal is not None:
-                logger.warning("Refused %s from %s: %s", _role(hello), connection.peer, refusal.message)
-                await _send_quietly(connection, pb.Envelope(reject=refusal))
-                return
-            if self._pending_handshakes > self.max_pending_handshakes:
-                retry_after = int(random.uniform(0.5, 1.5) * 1000 * self._pending_handshakes / self.max_pending_handshakes)
-                await _send_quietly(connection, pb.Envelope(go_away=pb.GoAway(
-                    retry_after_ms=retry_after, reason="gateway is busy accepting other peers")))
-                return
-        finally:
-            self._pending_handshakes -= 1
+            with anyio.fail_after(self.handshake_timeout):
+                hello = await self._receive_hello(connection)
+        except ProtocolError as exc:
+            logger.warning("Refused %s: ProtocolError: %s", connection.peer, exc)
+            await _send_quietly(connection, pb.Envelope(reject=pb.Reject(
+                reason=pb.Reject.REASON_PROTOCOL, message=str(exc), protocol_version=PROTOCOL_VERSION)))
+            return
+        except (TimeoutError, anyio.EndOfStream, EasyRemoteError):
+            return  # a peer that left or never spoke (e.g. a reachability check)
+        refusal = self._check_hello(hello)
+        if refusal is not None:
+            logger.warning("Refused %s from %s: %s", _role(hello), connection.peer, refusal.message)
+            await _send_quietly(connection, pb.Envelope(reject=refusal))
+            return
+        wait = self._admission_wait(hello.node_id if hello.role == pb.ROLE_NODE else "")
+        if wait > 0:
+            logger.info("Busy: asked %s to come back in %.1f s", _role(hello), wait)
+            await _send_quietly(connection, pb.Envelope(go_away=pb.GoAway(
+                retry_after_ms=int(wait * 1000), reason="gateway is busy accepting other peers")))
+            return
         if hello.role == pb.ROLE_NODE:
             await self._serve_node(connection, hello)
         else:
             await self._serve_client(connection, hello)
+
+    def _admission_wait(self, node_id: str) -> float:
+        """0 when a new session may start now, else seconds until its turn (a token bucket).
+
+        A node told to wait keeps its turn: when it comes back at that time it is let
+        in without taking another, so many nodes arriving together are spread out
+        evenly instead of all retrying at once. Clients wait without a turn.
+        """
+        now = anyio.current_time()
+        turn = self._turns.pop(node_id, None) if node_id else None
+        if turn is not None:
+            if now >= turn - 0.05:
+                return 0.0
+            self._turns[node_id] = turn
+            return turn - now
+        rate = self.max_handshake_rate
+        self._admission_tokens = min(rate, self._admission_tokens + (now - self._admission_at) * rate)
+        self._admission_at = now
+        if self._admission_tokens >= 1:
+            self._admission_tokens -= 1
+            return 0.0
+        wait = (1 - self._admission_tokens) / rate * random.uniform(1.0, 1.2)
+        if node_id:
+            self._admission_tokens -= 1  # the token of its turn
+            if len(self._turns) > 4 * rate:
+                self._turns = {key: at for key, at in self._turns.items() if at > now - 60}
+            self._turns[node_id] = now + wait
+        return wait
 
     async def _receive_hello(self, connection: Connection) -> pb.Hello:
         envelope = decode(await connection.receive())

@@ -152,48 +152,49 @@ async def test_oversized_frame_is_refused_before_sending() -> None:
                 assert await connection.receive() == b"x" * 1024
 
 
-async def test_frame_over_the_servers_limit_ends_the_link_not_the_server() -> None:
-    server_errors: list[BaseException] = []
-    server_saw_error = anyio.Event()
-
-    async def handler(connection: Connection) -> None:
-        try:
-            await echo(connection)
-        except ConnectionLostError as exc:
-            server_errors.append(exc)
-            server_saw_error.set()
-
-    async with serving(handler, options=LinkOptions(max_message_size=1024)) as listener:
+async def test_a_frame_over_the_servers_limit_is_refused_by_the_sender() -> None:
+    """Each end announces its max_message_size; the sender refuses what its peer would refuse."""
+    async with serving(echo, options=LinkOptions(max_message_size=1024)) as listener:
         with anyio.fail_after(TIMEOUT):
             async with await dial(listener.port, max_message_size=4 * MiB) as connection:
-                await connection.send(b"x" * (1 * MiB))  # larger than the server accepts
-                with pytest.raises(ConnectionLostError, match="RESOURCE_EXHAUSTED"):
-                    await connection.receive()
-            await server_saw_error.wait()
-            async with await dial(listener.port) as connection:  # the server still serves
-                await connection.send(b"again")
-                assert await connection.receive() == b"again"
-    assert server_errors
+                with pytest.raises(MessageTooLargeError, match=r"the peer's max_message_size \(1024\)"):
+                    await connection.send(b"x" * (1 * MiB))
+                await connection.send(b"still fine")  # the link goes on
+                assert await connection.receive() == b"still fine"
 
 
-async def test_frame_over_the_clients_limit_ends_the_link_on_both_sides() -> None:
-    server_saw_error = anyio.Event()
+async def test_a_frame_over_the_clients_limit_is_refused_by_the_gateway_side() -> None:
+    refused: list[BaseException] = []
 
     async def handler(connection: Connection) -> None:
         await connection.receive()
         try:
             await connection.send(b"y" * (1 * MiB))  # larger than the client accepts
-            await connection.receive()
-        except ConnectionLostError:
-            server_saw_error.set()
+        except MessageTooLargeError as exc:
+            refused.append(exc)
+        await connection.send(b"small")
 
     async with serving(handler, options=LinkOptions(max_message_size=4 * MiB)) as listener:
         with anyio.fail_after(TIMEOUT):
             async with await dial(listener.port, max_message_size=1024) as connection:
                 await connection.send(b"go")
-                with pytest.raises(ConnectionLostError, match="RESOURCE_EXHAUSTED"):
-                    await connection.receive()
-            await server_saw_error.wait()
+                assert await connection.receive() == b"small"
+    assert refused and "the peer's max_message_size (1024)" in str(refused[0])
+
+
+async def test_a_peer_that_ignores_the_limit_loses_only_its_own_link() -> None:
+    """A dialler that announces nothing and sends too much: gRPC ends that RPC; the server goes on."""
+    async with serving(echo, options=LinkOptions(max_message_size=1024)) as listener:
+        with anyio.fail_after(TIMEOUT):
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{listener.port}") as channel:
+                call = channel.stream_stream("/easyremote.v1.Gateway/Link")()
+                await call.write(b"x" * (1 * MiB))
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await call.read()
+                assert caught.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+            async with await dial(listener.port) as connection:  # the server still serves
+                await connection.send(b"again")
+                assert await connection.receive() == b"again"
 
 
 async def test_concurrent_senders() -> None:

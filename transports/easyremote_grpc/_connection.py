@@ -161,9 +161,10 @@ class GrpcConnection(Connection):
     without harming the link. ``aclose`` waits for both tasks.
     """
 
-    def __init__(self, peer: str, max_message_size: int) -> None:
+    def __init__(self, peer: str, max_message_size: int, peer_max_message_size: int | None = None) -> None:
         self.peer = peer
-        self._max = max_message_size
+        self._max = max_message_size  # the largest frame this end accepts
+        self._send_max = min(max_message_size, peer_max_message_size or max_message_size)
         self._inbox = _Inbox()
         self._outbox: deque[bytes] = deque()
         self._queued_bytes = 0
@@ -204,8 +205,10 @@ class GrpcConnection(Connection):
 
     def send_nowait(self, frame: bytes) -> None:
         """Queue one frame for the writer; raises ``MessageTooLargeError`` or ``ConnectionLostError``."""
-        if len(frame) > self._max:
-            raise MessageTooLargeError(f"frame of {len(frame)} bytes exceeds max_message_size ({self._max})")
+        if len(frame) > self._send_max:
+            whose = "" if self._send_max == self._max else "the peer's "
+            raise MessageTooLargeError(
+                f"frame of {len(frame)} bytes exceeds {whose}max_message_size ({self._send_max})")
         if self._closing or self._lost is not None:
             raise self._unusable()
         self._outbox.append(frame)
@@ -386,8 +389,8 @@ class ClientConnection(GrpcConnection):
     """The dialling end: a stream call on a channel this connection owns."""
 
     def __init__(self, channel: grpc.aio.Channel, call: grpc.aio.StreamStreamCall, peer: str,
-                 max_message_size: int) -> None:
-        super().__init__(peer, max_message_size)
+                 max_message_size: int, peer_max_message_size: int | None = None) -> None:
+        super().__init__(peer, max_message_size, peer_max_message_size)
         self.channel = channel
         self._call = call
         self._start()
@@ -440,8 +443,9 @@ class ServerConnection(GrpcConnection):
     accepted the connection awaits :meth:`reap` once it is closed.
     """
 
-    def __init__(self, context: grpc.aio.ServicerContext, max_message_size: int) -> None:
-        super().__init__(readable_peer(context.peer()), max_message_size)
+    def __init__(self, context: grpc.aio.ServicerContext, max_message_size: int,
+                 peer_max_message_size: int | None = None) -> None:
+        super().__init__(readable_peer(context.peer()), max_message_size, peer_max_message_size)
         self._context = context
         self.finished = anyio.Event()
         self._abort_reason: str | None = None

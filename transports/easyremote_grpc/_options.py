@@ -10,6 +10,21 @@ import grpc
 from easyremote_core import ConfigurationError, TLSConfig
 
 LINK_METHOD = "/easyremote.v1.Gateway/Link"
+#: Each end announces the largest frame it accepts in this metadata key (the call's
+#: metadata one way, the initial reply metadata the other), so that a sender refuses a
+#: frame its peer would refuse, with MessageTooLargeError, instead of losing the link.
+MAX_MESSAGE_SIZE_KEY = "easyremote-max-message-size"
+
+
+def peer_limit(metadata: object, default: int) -> int:
+    """The peer's announced max_message_size, or ``default`` when it announced none."""
+    for key, value in metadata or ():  # type: ignore[attr-defined]
+        if key == MAX_MESSAGE_SIZE_KEY:
+            try:
+                return max(int(value), 1)
+            except ValueError:
+                return default
+    return default
 SERVICE_NAME = "easyremote.v1.Gateway"
 
 # Room for the envelope around a payload of max_message_size bytes, so that two peers

@@ -89,8 +89,10 @@ class GrpcTransport(Transport):
         try:
             with anyio.fail_after(options.connect_timeout):
                 await _wait_until_ready(channel, target)
-                call = channel.stream_stream(_options.LINK_METHOD)(wait_for_ready=False)
+                announce = ((_options.MAX_MESSAGE_SIZE_KEY, str(options.max_message_size)),)
+                call = channel.stream_stream(_options.LINK_METHOD)(wait_for_ready=False, metadata=announce)
                 await _wait_until_accepted(call, target)
+                peer_max = _options.peer_limit(await call.initial_metadata(), options.max_message_size)
         except BaseException as exc:
             state = channel.get_state()
             with anyio.CancelScope(shield=True):
@@ -102,7 +104,7 @@ class GrpcTransport(Transport):
                 ) from None
             raise
         logger.debug("gRPC link to %s open", target)
-        return ClientConnection(channel, call, target, options.max_message_size)
+        return ClientConnection(channel, call, target, options.max_message_size, peer_max)
 
     async def listen(self, host: str, port: int, options: LinkOptions) -> Listener:
         _require_asyncio("listen")
@@ -190,8 +192,11 @@ class GrpcListener(Listener):
             context.set_code(grpc.StatusCode.UNAVAILABLE)
             context.set_details("the gateway is shutting down")
             return
-        await context.send_initial_metadata(())  # tells the dialling peer the link is accepted
-        connection = ServerConnection(context, self._options.max_message_size)
+        own = self._options.max_message_size
+        # The initial metadata tells the dialling peer the link is accepted, and our limit.
+        await context.send_initial_metadata(((_options.MAX_MESSAGE_SIZE_KEY, str(own)),))
+        peer_max = _options.peer_limit(context.invocation_metadata(), own)
+        connection = ServerConnection(context, own, peer_max)
         self._connections.add(connection)
         try:
             self._incoming_send.send_nowait(connection)
