@@ -117,8 +117,11 @@ class Link:
                 except Exception:
                     logger.exception("error settling the end of the link to %s", self.health.peer_name)
             # An orderly close may wait briefly for the peer; a dead link is not worth waiting for.
-            with anyio.CancelScope(shield=True), anyio.move_on_after(2 if self._orderly else 0.25):
-                await self.connection.aclose()
+            with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+                if self._orderly:
+                    await self.connection.aclose()
+                else:
+                    await self.connection.drop()
         return self.end_reason
 
     def close(self, reason: str) -> None:

@@ -61,6 +61,13 @@ class Connection(ABC):
         """Close the link in an orderly way: frames sent before it reach the peer, which
         then sees ``EndOfStream``. Safe to call more than once."""
 
+    async def drop(self) -> None:
+        """Release a link already judged dead, at once, without waiting for the peer.
+
+        The default is ``aclose``; transports whose orderly close waits for the
+        peer override it."""
+        await self.aclose()
+
     async def __aenter__(self) -> Connection:
         return self
 

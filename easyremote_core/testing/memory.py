@@ -70,6 +70,10 @@ class MemoryConnection(Connection):
         await self._send.aclose()
         await self._receive.aclose()
 
+    async def drop(self) -> None:
+        self.abort()
+        await self.aclose()
+
     def abort(self) -> None:
         """Break the link as a dying process would: the peer sees ``ConnectionLostError``."""
         self._aborted = True

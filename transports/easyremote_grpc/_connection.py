@@ -435,6 +435,17 @@ class ClientConnection(GrpcConnection):
             await self.reap()
             await self.channel.close(grace=None)
 
+    async def drop(self) -> None:
+        """Cancel the RPC and close the channel at once: the link is dead, nobody answers."""
+        if self._closed:
+            return
+        self._closed = True
+        with anyio.CancelScope(shield=True):
+            self._close_locally()
+            self._call.cancel()
+            await self.reap()
+            await self.channel.close(grace=None)
+
 
 class ServerConnection(GrpcConnection):
     """The accepting end: one Link RPC, ended by :meth:`aclose` (OK) or :meth:`abort`.

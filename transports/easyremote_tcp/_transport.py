@@ -173,6 +173,10 @@ class TcpConnection(Connection):
         del self._buffer[:end]
         return frame
 
+    async def drop(self) -> None:
+        """Reset the link at once: it is dead, so there is no peer to wait for."""
+        await self.abort()
+
     async def aclose(self) -> None:
         """Close in an orderly way: send FIN, give the peer a moment to close too, then release.
 
