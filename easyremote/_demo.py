@@ -175,4 +175,6 @@ def run_demo(transport: str = "grpc", outage: float = 2.0) -> int:
     """Run the demo; 0 when every call succeeded."""
     for name in ("easyremote.gateway", "easyremote.link", "easyremote.client"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    for handler in logging.getLogger().handlers:  # the node's own log lines, indented under the report
+        handler.setFormatter(logging.Formatter("    %(asctime)s.%(msecs)03d %(levelname)-7s %(message)s", "%H:%M:%S"))
     return anyio.run(_demo, transport, outage)

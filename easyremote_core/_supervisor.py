@@ -13,6 +13,7 @@ from ._address import Address
 from ._config import LinkSettings
 from ._errors import (
     AuthenticationError,
+    ConfigurationError,
     ConnectionLostError,
     EasyRemoteError,
     GatewayUnavailableError,
@@ -166,10 +167,10 @@ class ConnectionSupervisor:
                     self._log.warning("Gateway asked to retry after %.1f s: %s", notice.retry_after, notice)
                     await anyio.sleep(notice.retry_after)
                     continue
-                except (AuthenticationError, ProtocolError) as exc:
+                except (AuthenticationError, ProtocolError, ConfigurationError) as exc:
                     self.last_error = str(exc)
                     self.fatal_error = exc
-                    self._log.error("Gateway refused %s: %s", self.role, exc)
+                    self._log.error("Stopped connecting to %s: %s: %s", self.address, type(exc).__name__, exc)
                     raise
                 except (GatewayUnavailableError, ConnectionLostError, TimeoutError, OSError) as exc:
                     failures += 1
