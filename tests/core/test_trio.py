@@ -218,14 +218,6 @@ async def test_grpc_under_trio_is_a_clear_configuration_error(anyio_backend: str
         await node.run()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug: a ConfigurationError raised by Transport.connect ends ConnectionSupervisor.run "
-    "(easyremote_core/_supervisor.py:169 treats only AuthenticationError and ProtocolError as fatal, so "
-    "fatal_error and last_error stay unset); AsyncClient._keep_connected (easyremote_core/_client.py:142) "
-    "only logs it, and calls get GatewayUnavailableError('the connection is closed') from "
-    "_supervisor.py:135 instead of the ConfigurationError naming asyncio",
-)
 async def test_grpc_client_under_trio_reports_the_configuration_error(anyio_backend: str) -> None:
     if anyio_backend != "trio":
         pytest.skip("grpc runs on asyncio; tests/core/test_calls.py covers it there")
