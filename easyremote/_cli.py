@@ -38,6 +38,8 @@ def _parser() -> argparse.ArgumentParser:
     gateway.add_argument("--token", default=None, help="shared secret nodes and clients must present")
     gateway.add_argument("--heartbeat-timeout", type=float, default=15.0,
                          help="evict a node silent for this many seconds (default 15)")
+    gateway.add_argument("--node-grace", type=float, default=None,
+                         help="how long calls wait for a lost node to come back (default: --heartbeat-timeout)")
     gateway.add_argument("--tls-cert", help="server certificate (PEM) to serve TLS")
     gateway.add_argument("--tls-key", help="private key (PEM) of --tls-cert")
     gateway.add_argument("--tls-client-ca", help="require client certificates signed by this CA (PEM)")
@@ -115,7 +117,8 @@ def _gateway(options: argparse.Namespace) -> int:
         tls = TLSConfig(cert=options.tls_cert, key=options.tls_key, ca=options.tls_client_ca,
                         require_client_cert=bool(options.tls_client_ca))
     gateway = Gateway(port=options.port, host=options.host, transport=options.transport,
-                      heartbeat_timeout=options.heartbeat_timeout, auth_token=options.token, tls=tls)
+                      heartbeat_timeout=options.heartbeat_timeout, node_grace=options.node_grace,
+                      auth_token=options.token, tls=tls)
 
     async def run() -> None:
         async with gateway:

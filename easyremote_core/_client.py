@@ -150,6 +150,7 @@ class AsyncClient:
         if tg is not None:
             tg.cancel_scope.cancel()
             await tg.__aexit__(None, None, None)
+            await self._transport.aclose()
 
     def on_state_change(self, callback: StateCallback) -> None:
         self._callbacks.append(callback)

@@ -121,6 +121,7 @@ class Gateway:
         self._admission_at = 0.0
         self._turns: dict[str, float] = {}  # node_id -> when a node told to wait may come in
         self._listener: Listener | None = None
+        self._transport: Transport | None = None
         self._task_group: TaskGroup | None = None
         self._stack: AsyncExitStack | None = None
 
@@ -140,7 +141,7 @@ class Gateway:
         """Bind and start serving in the background."""
         if self._stack is not None:
             raise RuntimeError("the gateway is already running")
-        transport = resolve_transport(self.plugins, self._transport_choice, tls=self._tls)
+        transport = self._transport = resolve_transport(self.plugins, self._transport_choice, tls=self._tls)
         options = LinkOptions(max_message_size=self.max_message_size, tls=self._tls)
         self._nodes_changed = anyio.Event()
         self._admission_at = anyio.current_time()
@@ -179,6 +180,8 @@ class Gateway:
         assert self._task_group is not None
         self._task_group.cancel_scope.cancel()
         await stack.aclose()
+        if self._transport is not None:
+            await self._transport.aclose()
         self._nodes.clear()
         self._calls.clear()
         logger.info("Gateway stopped")

@@ -204,6 +204,8 @@ class Link:
             await probe.watch(self.health)
         except LinkDead as exc:
             self._end(str(exc) or f"{probe.name} probe declared the link dead")
+        except Exception:  # a broken probe stops watching; it does not take the link down
+            logger.exception("health probe %r failed and stopped watching %s", probe.name, self.health.peer_name)
 
 
 def _describe(exc: BaseException) -> str:

@@ -236,6 +236,8 @@ class ComputeNode:
                     return
                 await supervisor.run()
         finally:
+            with anyio.CancelScope(shield=True):
+                await self._transport.aclose()
             self._last_error = supervisor.last_error
             self._supervisor = None
             self._finished = supervisor
