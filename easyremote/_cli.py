@@ -35,6 +35,8 @@ def _parser() -> argparse.ArgumentParser:
     gateway.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
     gateway.add_argument("--port", type=int, default=8080, help="port to listen on; 0 picks a free one (default 8080)")
     gateway.add_argument("--transport", default=None, help="transport name (default $EASYREMOTE_TRANSPORT or grpc)")
+    gateway.add_argument("--also-listen", action="append", default=[], metavar="SCHEME://HOST:PORT",
+                         help="listen on another transport too, e.g. tcp://0.0.0.0:8081 (repeatable)")
     gateway.add_argument("--token", default=None, help="shared secret nodes and clients must present")
     gateway.add_argument("--heartbeat-timeout", type=float, default=15.0,
                          help="evict a node silent for this many seconds (default 15)")
@@ -117,12 +119,15 @@ def _gateway(options: argparse.Namespace) -> int:
         tls = TLSConfig(cert=options.tls_cert, key=options.tls_key, ca=options.tls_client_ca,
                         require_client_cert=bool(options.tls_client_ca))
     gateway = Gateway(port=options.port, host=options.host, transport=options.transport,
+                      also_listen=options.also_listen,
                       heartbeat_timeout=options.heartbeat_timeout, node_grace=options.node_grace,
                       auth_token=options.token, tls=tls)
 
     async def run() -> None:
         async with gateway:
             print(f"EasyRemote gateway listening on {options.host}:{gateway.port}", flush=True)
+            for address in gateway.addresses[1:]:
+                print(f"  also listening on {address}", flush=True)
             with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 async for signum in signals:
                     logging.getLogger("easyremote").info("Received %s, shutting down", signal.Signals(signum).name)

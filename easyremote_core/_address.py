@@ -18,8 +18,9 @@ class Address:
         return f"{host}:{self.port}"
 
 
-def parse_address(text: str, *, parameter: str = "vps_address") -> Address:
-    """Parse ``host:port``, ``[v6]:port`` or ``scheme://host:port``."""
+def parse_address(text: str, *, parameter: str = "vps_address", allow_port_zero: bool = False) -> Address:
+    """Parse ``host:port``, ``[v6]:port`` or ``scheme://host:port`` (port 0, "any free port",
+    only where something listens)."""
     if not isinstance(text, str) or not text.strip():
         raise ConfigurationError(f"{parameter} must be a non-empty 'host:port' string, got {text!r}")
     scheme: str | None = None
@@ -40,6 +41,7 @@ def parse_address(text: str, *, parameter: str = "vps_address") -> Address:
         port = int(port_text)
     except ValueError:
         raise ConfigurationError(f"{parameter} {text!r}: port {port_text!r} is not a number") from None
-    if not 0 < port < 65536:
-        raise ConfigurationError(f"{parameter} {text!r}: port must be between 1 and 65535")
+    if not (0 if allow_port_zero else 1) <= port < 65536:
+        lowest = 0 if allow_port_zero else 1
+        raise ConfigurationError(f"{parameter} {text!r}: port must be between {lowest} and 65535")
     return Address(host=host, port=port, scheme=scheme)

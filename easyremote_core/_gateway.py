@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import anyio
 from anyio.abc import TaskGroup
 
+from ._address import parse_address
 from ._config import number, whole
 from ._errors import ConfigurationError, ConnectionLostError, EasyRemoteError, ProtocolError
 from ._link import Link
@@ -78,6 +79,7 @@ class Gateway:
         host: str = "0.0.0.0",
         *,
         transport: str | Transport | None = None,
+        also_listen: Iterable[str] = (),
         heartbeat_timeout: float = 15.0,
         auth_token: str | Iterable[str] | None = None,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
@@ -109,6 +111,10 @@ class Gateway:
             raise ConfigurationError("auth_token must not be empty")
         self._transport_choice = transport
         self.transport_name = transport_name(transport)
+        self._also_listen = [parse_address(text, parameter="also_listen", allow_port_zero=True) for text in also_listen]
+        for extra in self._also_listen:
+            if not extra.scheme:
+                raise ConfigurationError(f"also_listen address {extra} must name its transport, e.g. tcp://{extra}")
         self._tls = tls
         self._plugins = plugins
         self.gateway_id = f"gateway-{uuid.uuid4().hex[:8]}"
@@ -121,6 +127,7 @@ class Gateway:
         self._admission_at = 0.0
         self._turns: dict[str, float] = {}  # node_id -> when a node told to wait may come in
         self._listener: Listener | None = None
+        self._listeners: list[tuple[str, str, Listener]] = []  # (transport name, host, listener)
         self._transport: Transport | None = None
         self._task_group: TaskGroup | None = None
         self._stack: AsyncExitStack | None = None
@@ -132,6 +139,11 @@ class Gateway:
         return self._listener.port if self._listener is not None else self._requested_port
 
     @property
+    def addresses(self) -> list[str]:
+        """Every address it listens on, as ``transport://host:port``."""
+        return [f"{name}://{host}:{listener.port}" for name, host, listener in self._listeners]
+
+    @property
     def plugins(self) -> PluginManager:
         if self._plugins is None:
             self._plugins = get_plugin_manager()
@@ -141,27 +153,38 @@ class Gateway:
         """Bind and start serving in the background."""
         if self._stack is not None:
             raise RuntimeError("the gateway is already running")
-        transport = self._transport = resolve_transport(self.plugins, self._transport_choice, tls=self._tls)
         options = LinkOptions(max_message_size=self.max_message_size, tls=self._tls)
+        endpoints = [(resolve_transport(self.plugins, self._transport_choice, tls=self._tls), self.host,
+                      self._requested_port)]
+        for extra in self._also_listen:
+            endpoints.append((resolve_transport(self.plugins, extra.scheme, tls=self._tls), extra.host, extra.port))
+        self._transport = endpoints[0][0]
         self._nodes_changed = anyio.Event()
         self._admission_at = anyio.current_time()
         stack = AsyncExitStack()
         try:
-            self._listener = await transport.listen(self.host, self._requested_port, options)
-            stack.push_async_callback(self._listener.aclose)
+            for transport, host, port in endpoints:
+                stack.push_async_callback(transport.aclose)
+                listener = await transport.listen(host, port, options)
+                stack.push_async_callback(listener.aclose)
+                self._listeners.append((transport.name, host, listener))
+            # Entered last, so it exits first: its tasks end before the listeners close.
             self._task_group = await stack.enter_async_context(anyio.create_task_group())
-            self._task_group.start_soon(self._listener.serve, self._handle_connection)
+            for _, _, listener in self._listeners:
+                self._task_group.start_soon(listener.serve, self._handle_connection)
         except BaseException:
             await stack.aclose()
-            self._listener = None
+            self._listeners.clear()
             raise
+        self._listener = self._listeners[0][2]
         self._stack = stack
         if self.startup_grace > 0:
             # Just after a (re)start nodes are still on their way back: a call for a
             # function nobody has registered yet waits for them this long.
             self._accepting_unknown_until = anyio.current_time() + self.startup_grace
             self._task_group.start_soon(self._end_startup_grace)
-        logger.info("EasyRemote gateway listening on %s:%d (transport %s)", self.host, self.port, transport.name)
+        for name, host, listener in self._listeners:
+            logger.info("EasyRemote gateway listening on %s:%d (transport %s)", host, listener.port, name)
         if not self._tokens:
             logger.warning(
                 "No auth_token is set: anyone who can reach %s:%d can register nodes and run code on them",
@@ -180,8 +203,7 @@ class Gateway:
         assert self._task_group is not None
         self._task_group.cancel_scope.cancel()
         await stack.aclose()
-        if self._transport is not None:
-            await self._transport.aclose()
+        self._listeners.clear()
         self._nodes.clear()
         self._calls.clear()
         logger.info("Gateway stopped")

@@ -93,3 +93,15 @@ def test_gateway_refuses_bad_settings() -> None:
     assert result.returncode == 1 and "port (-5) must be at least 0" in result.stderr
     result = easyremote("gateway", "--transport", "smoke-signals", "--port", "0")
     assert result.returncode == 1 and "no transport named 'smoke-signals'" in result.stderr
+
+
+def test_gateway_listens_on_two_transports_at_once() -> None:
+    extra = free_port()
+    with GatewayProcess(args=("--also-listen", f"tcp://127.0.0.1:{extra}")) as gateway:
+        gateway.start()
+        gateway.wait_for_line(f"also listening on tcp://127.0.0.1:{extra}", 10)
+        with PythonProcess(NODE, args=(f"tcp://127.0.0.1:{extra}",), name="tcp-node") as node:
+            node.start()
+            node.wait_for_line("Registered to VPS successfully", 30)
+            result = easyremote("call", "--gateway", f"grpc://{gateway.address}", "add", "1", "2")
+            assert result.returncode == 0 and result.stdout.strip() == "3", result.stderr

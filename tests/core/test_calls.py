@@ -283,3 +283,31 @@ def test_payloads_are_plain_pickle() -> None:
     assert load_arguments(dump_arguments((1,), {"b": 2})) == ((1,), {"b": 2})
     with pytest.raises(TypeError):
         load_arguments(pickle.dumps("not a pair"))
+
+
+async def test_one_gateway_serves_nodes_and_clients_on_two_transports() -> None:
+    from easyremote import AsyncClient, Gateway
+
+    async with Gateway(port=0, host="127.0.0.1", transport="grpc", also_listen=["tcp://127.0.0.1:0"],
+                       startup_grace=0) as gw:
+        grpc_address, tcp_address = gw.addresses
+        assert grpc_address.startswith("grpc://") and tcp_address.startswith("tcp://")
+        on_grpc = ComputeNode(grpc_address, "on-grpc", heartbeat_interval=0.5, heartbeat_timeout=2)
+        on_tcp = ComputeNode(tcp_address, "on-tcp", heartbeat_interval=0.5, heartbeat_timeout=2)
+        on_grpc.register(lambda: "grpc node", name="where")
+        on_tcp.register(lambda: "tcp node", name="where")
+        async with on_grpc, on_tcp:
+            await on_grpc.wait_ready()
+            await on_tcp.wait_ready()
+            for address in (grpc_address, tcp_address):
+                async with AsyncClient(address, timeout=10) as client:
+                    assert await client.execute("where", node_id="on-grpc") == "grpc node"
+                    assert await client.execute("where", node_id="on-tcp") == "tcp node"
+
+
+def test_also_listen_needs_a_transport_name() -> None:
+    from easyremote import Gateway
+    from easyremote.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="must name its transport"):
+        Gateway(also_listen=["127.0.0.1:9000"])
