@@ -445,9 +445,42 @@ class TestTransportContract:
                     await client.aclose()
                 arrivals.release()
 
-    # Half-open detection by the heartbeat probe within heartbeat_timeout is a property of
-    # the connection supervisor, not of a transport; its contract test belongs here, in a
-    # section "heartbeat detection", driving a node over `fault_injector_factory`.
+    # -- heartbeat detection ----------------------------------------------------------------
+
+    @_bounded
+    async def test_the_heartbeat_probe_finds_a_half_open_link(
+        self, transport: Transport, fault_injector_factory: FaultInjectorFactory
+    ) -> None:
+        """A node on this transport declares a black-holed link dead within heartbeat_timeout (+10 %)."""
+        from .._gateway import Gateway
+        from .._node import ComputeNode
+
+        timeout = 1.0
+        async with Gateway(port=0, host="127.0.0.1", transport=transport, startup_grace=0) as gateway:
+            assert gateway._listener is not None
+            async with fault_injector_factory(transport, gateway._listener) as faults:
+                node = ComputeNode(f"{transport.name}://{faults.address}", "contract-node", transport=transport,
+                                   health_probes=["heartbeat"], heartbeat_interval=timeout / 5,
+                                   heartbeat_timeout=timeout, reconnect_interval=30)
+                lost = anyio.Event()
+                reasons: list[str] = []
+
+                def on_state(old: object, new: object, reason: str) -> None:
+                    if str(new) == "reconnecting":
+                        reasons.append(reason)
+                        lost.set()
+
+                node.on_state_change(on_state)
+                async with node:
+                    await node.wait_ready()
+                    link = node._supervisor.link if node._supervisor is not None else None
+                    assert link is not None
+                    faults.blackhole()
+                    await lost.wait()
+                    detected = anyio.current_time()
+                    assert reasons[0] == "Heartbeat timeout detected"
+                    assert detected - link.last_received <= timeout * 1.1 + 0.05
+                    faults.heal()
 
     # -- reconnecting -----------------------------------------------------------------------
 
