@@ -42,6 +42,9 @@ def _parser() -> argparse.ArgumentParser:
                          help="evict a node silent for this many seconds (default 15)")
     gateway.add_argument("--node-grace", type=float, default=None,
                          help="how long calls wait for a lost node to come back (default: --heartbeat-timeout)")
+    gateway.add_argument("--startup-grace", type=float, default=None,
+                         help="after start, how long calls for functions nobody registered yet wait for nodes "
+                         "to return (default: --heartbeat-timeout)")
     gateway.add_argument("--tls-cert", help="server certificate (PEM) to serve TLS")
     gateway.add_argument("--tls-key", help="private key (PEM) of --tls-cert")
     gateway.add_argument("--tls-client-ca", help="require client certificates signed by this CA (PEM)")
@@ -121,6 +124,7 @@ def _gateway(options: argparse.Namespace) -> int:
     gateway = Gateway(port=options.port, host=options.host, transport=options.transport,
                       also_listen=options.also_listen,
                       heartbeat_timeout=options.heartbeat_timeout, node_grace=options.node_grace,
+                      startup_grace=options.startup_grace,
                       auth_token=options.token, tls=tls)
 
     async def run() -> None:
