@@ -8,6 +8,7 @@ import math
 import os
 import threading
 import uuid
+from contextlib import aclosing
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -31,7 +32,7 @@ from ._node import ENVELOPE_OVERHEAD, TOKEN_ENV
 from ._plugins import PluginManager, get_plugin_manager
 from ._probes import HealthProbe
 from ._protocol import dump_arguments, error_from_frame, load_value, pb
-from ._resolve import resolve_policy, resolve_probes, resolve_transport
+from ._resolve import resolve_link_plugins
 from ._retry import RetryPolicy
 from ._supervisor import ConnectionState, ConnectionSupervisor, StateCallback
 from ._transport import DEFAULT_MAX_MESSAGE_SIZE, LinkOptions, TLSConfig, Transport
@@ -98,10 +99,9 @@ class AsyncClient:
         self.max_message_size = whole("max_message_size", max_message_size, minimum=ENVELOPE_OVERHEAD * 2)
         self.auth_token = auth_token if auth_token is not None else os.environ.get(TOKEN_ENV)
         self._plugins = plugins or get_plugin_manager()
-        self._transport = resolve_transport(self._plugins, transport, self.address, tls=tls)
-        self._policy = resolve_policy(self._plugins, retry_policy, base=self.settings.reconnect_interval,
-                                      cap=self.settings.max_reconnect_interval)
-        self._probes = resolve_probes(self._plugins, health_probes, self._transport)
+        self._transport, self._policy, self._probes = resolve_link_plugins(
+            self._plugins, self.address, self.settings, transport=transport, retry_policy=retry_policy,
+            health_probes=health_probes, tls=tls)
         self._tls = tls
         self._pending: dict[str, _Pending] = {}
         self._queries: dict[str, MemoryObjectSendStream[pb.NodeList]] = {}
@@ -412,9 +412,13 @@ class Client:
             async with send:
                 task_status.started()
                 try:
-                    async for item in self._client.stream(function, *args, node_id=node_id, timeout=timeout,
-                                                          **kwargs):
-                        await send.send(("item", item))
+                    # aclosing: a stream abandoned half-way is closed here, in the task it runs in
+                    async with aclosing(self._client.stream(function, *args, node_id=node_id, timeout=timeout,
+                                                            **kwargs)) as items:
+                        async for item in items:
+                            await send.send(("item", item))
+                except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    pass  # the caller stopped reading
                 except Exception as exc:
                     await send.send(("error", exc))
 

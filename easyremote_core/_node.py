@@ -28,7 +28,7 @@ from ._link import Link
 from ._plugins import PluginManager, get_plugin_manager
 from ._probes import HealthProbe
 from ._protocol import ErrorCode, dump_value, error_frame, exception_frame, load_arguments, pb
-from ._resolve import resolve_policy, resolve_probes, resolve_transport
+from ._resolve import resolve_link_plugins
 from ._retry import RetryPolicy
 from ._supervisor import ConnectionState, ConnectionSupervisor, StateCallback
 from ._transport import DEFAULT_MAX_MESSAGE_SIZE, LinkOptions, TLSConfig, Transport
@@ -122,11 +122,9 @@ class ComputeNode:
         self.max_message_size = whole("max_message_size", max_message_size, minimum=ENVELOPE_OVERHEAD * 2)
         self.auth_token = auth_token if auth_token is not None else os.environ.get(TOKEN_ENV)
         self._plugins = plugins or get_plugin_manager()
-        # Resolve plugins now, so that a wrong name fails at construction, not at serve().
-        self._transport = resolve_transport(self._plugins, transport, self.address, tls=tls)
-        self._policy = resolve_policy(self._plugins, retry_policy, base=self.settings.reconnect_interval,
-                                      cap=self.settings.max_reconnect_interval)
-        self._probes = resolve_probes(self._plugins, health_probes, self._transport)
+        self._transport, self._policy, self._probes = resolve_link_plugins(
+            self._plugins, self.address, self.settings, transport=transport, retry_policy=retry_policy,
+            health_probes=health_probes, tls=tls)
         self._tls = tls
         self._functions: dict[str, RegisteredFunction] = {}
         self._state_callbacks: list[StateCallback] = []

@@ -6,6 +6,7 @@ import os
 from collections.abc import Iterable
 
 from ._address import Address
+from ._config import LinkSettings
 from ._plugins import PluginManager
 from ._probes import HealthProbe
 from ._retry import RetryPolicy
@@ -53,3 +54,15 @@ def resolve_probes(
     if choice is None:
         return [*transport.default_probes(), plugins.health_probe("heartbeat")]
     return [item if isinstance(item, HealthProbe) else plugins.health_probe(item) for item in choice]
+
+
+def resolve_link_plugins(
+    plugins: PluginManager, address: Address, settings: LinkSettings, *, transport: str | Transport | None,
+    retry_policy: str | RetryPolicy | None, health_probes: Iterable[str | HealthProbe] | None,
+    tls: TLSConfig | None,
+) -> tuple[Transport, RetryPolicy, list[HealthProbe]]:
+    """What a node or client connects with, resolved at construction so a wrong name fails early."""
+    chosen = resolve_transport(plugins, transport, address, tls=tls)
+    policy = resolve_policy(plugins, retry_policy, base=settings.reconnect_interval,
+                            cap=settings.max_reconnect_interval)
+    return chosen, policy, resolve_probes(plugins, health_probes, chosen)
