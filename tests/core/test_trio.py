@@ -9,7 +9,7 @@ import anyio.abc
 import pytest
 
 from easyremote import AsyncClient, ComputeNode, Gateway
-from easyremote.errors import ConfigurationError, RemoteExecutionError
+from easyremote.errors import RemoteExecutionError
 from easyremote_core import PluginManager, hookimpl
 
 from .conftest import address, client_for, running_node
@@ -203,24 +203,3 @@ async def test_node_reconnects_after_the_gateway_restarts_in_process(transport_n
             assert status.reconnect_count >= 1
             assert "n1" in second.nodes()
         await second_run.stop()
-
-
-async def test_grpc_under_trio_is_a_clear_configuration_error(anyio_backend: str) -> None:
-    if anyio_backend != "trio":
-        pytest.skip("grpc runs on asyncio; tests/core/test_calls.py covers it there")
-    gateway = Gateway(port=0, host="127.0.0.1", transport="grpc")
-    with pytest.raises(ConfigurationError, match="asyncio") as caught:
-        await gateway.start()
-    assert "trio" in str(caught.value) and "tcp" in str(caught.value)
-
-    node = ComputeNode("grpc://127.0.0.1:1", "n1", reconnect_interval=0.2)
-    with anyio.fail_after(10), pytest.raises(ConfigurationError, match="asyncio"):
-        await node.run()
-
-
-async def test_grpc_client_under_trio_reports_the_configuration_error(anyio_backend: str) -> None:
-    if anyio_backend != "trio":
-        pytest.skip("grpc runs on asyncio; tests/core/test_calls.py covers it there")
-    async with AsyncClient("grpc://127.0.0.1:1", timeout=5.0, reconnect_interval=0.2) as client:
-        with anyio.fail_after(10), pytest.raises(ConfigurationError, match="asyncio"):
-            await client.execute("add", 1, 2)
