@@ -429,6 +429,21 @@ async def test_keepalive_also_sets_tcp_user_timeout() -> None:
         assert values == [3000, 3000]
 
 
+@pytest.mark.timeout(30)
+async def test_the_gateway_never_answers_pings_with_too_many_pings() -> None:
+    """A node pinging far more often than the gateway's 5 s minimum, on an idle link, is not
+    sent away: the server counts no ping strikes (grpc.http2.max_ping_strikes = 0)."""
+    eager = GrpcTransport(channel_options={"grpc.keepalive_time_ms": 200, "grpc.keepalive_timeout_ms": 1000})
+    async with serving(echo) as listener, await dial(listener.port, transport=eager) as connection:
+        with anyio.fail_after(TIMEOUT):
+            await connection.send(b"before")
+            assert await connection.receive() == b"before"
+        await anyio.sleep(3.0)  # idle: about 15 keepalive pings; gRPC's default would GOAWAY after 2 strikes
+        with anyio.fail_after(TIMEOUT):
+            await connection.send(b"after")
+            assert await connection.receive() == b"after"
+
+
 async def test_tls_link(tmp_path: Path) -> None:
     ca = trustme.CA()
     server_cert = ca.issue_cert("localhost", LOCAL)

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-from easyremote_core import hookimpl
+import os
 
-from ._connection import ClientConnection, GrpcConnection, ServerConnection
-from ._probe import GrpcChannelStateProbe
-from ._transport import GrpcListener, GrpcTransport
+# gRPC's C core logs connection events (GOAWAY, resets) at INFO to stderr; EasyRemote
+# reports those itself through logging. A user's own GRPC_VERBOSITY still wins.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
+from easyremote_core import hookimpl  # noqa: E402
+
+from ._connection import ClientConnection, GrpcConnection, ServerConnection  # noqa: E402
+from ._probe import GrpcChannelStateProbe  # noqa: E402
+from ._transport import GrpcListener, GrpcTransport  # noqa: E402
 
 __all__ = [
     "ClientConnection",
