@@ -8,8 +8,7 @@ import math
 import os
 import threading
 import uuid
-from contextlib import aclosing
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -178,32 +177,26 @@ class AsyncClient:
 
     async def call(self, function: str, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None, *,
                    node_id: str | None = None, timeout: float | None = None) -> Any:
-        async with self._open_call(function, args, kwargs or {}, node_id, timeout, streaming=False) as answers:
-            envelope = await answers()
-            kind = envelope.WhichOneof("body")
-            if kind == "result":
-                return load_value(envelope.result.payload)
-            raise error_from_frame(envelope.error)
+        remote = self._open_call(function, args, kwargs or {}, node_id, timeout, streaming=False)
+        try:
+            envelope = await remote.next_answer()
+        finally:
+            remote.finish("the caller was cancelled")
+        if envelope.WhichOneof("body") == "result":
+            return load_value(envelope.result.payload)
+        raise error_from_frame(envelope.error)
 
-    async def stream(self, function: str, *args: Any, node_id: str | None = None,
-                     timeout: float | None = None, **kwargs: Any) -> AsyncIterator[Any]:
-        """Iterate over the items a generator function yields on a node."""
-        async with self._open_call(function, args, kwargs, node_id, timeout, streaming=True) as answers:
-            while True:
-                envelope = await answers()
-                kind = envelope.WhichOneof("body")
-                if kind == "item":
-                    yield load_value(envelope.item.payload)
-                elif kind == "end":
-                    return
-                elif kind == "result":  # the function was not a generator after all
-                    yield load_value(envelope.result.payload)
-                    return
-                else:
-                    raise error_from_frame(envelope.error)
+    def stream(self, function: str, *args: Any, node_id: str | None = None,
+               timeout: float | None = None, **kwargs: Any) -> RemoteStream:
+        """Iterate over the items a generator function yields on a node: ``async for item in ...``.
+
+        ``timeout`` bounds the whole stream. Leaving the loop early is safe; ``aclose()``
+        (or ``async with``) also tells the node to stop at once.
+        """
+        return RemoteStream(self._open_call(function, args, kwargs, node_id, timeout, streaming=True))
 
     def _open_call(self, function: str, args: tuple[Any, ...], kwargs: dict[str, Any], node_id: str | None,
-                   timeout: float | None, *, streaming: bool) -> _CallContext:
+                   timeout: float | None, *, streaming: bool) -> _RemoteCall:
         if not isinstance(function, str) or not function:
             raise TypeError(f"function must be a function name, got {function!r}")
         limit = number("timeout", timeout, above=0) if timeout is not None else self.timeout
@@ -215,7 +208,7 @@ class AsyncClient:
             )
         request = pb.CallRequest(call_id=uuid.uuid4().hex, function=function, payload=payload,
                                  node_id=node_id or "", streaming=streaming)
-        return _CallContext(self, request, limit)
+        return _RemoteCall(self, request, limit)
 
     async def _link(self) -> Link:
         if self._supervisor is None:
@@ -275,44 +268,45 @@ class AsyncClient:
             pending.answers.send_nowait(_LinkLost(reason))
 
 
-class _CallContext:
-    """One call in flight: sends it, re-sends it after a reconnect, cancels it on timeout."""
+class _RemoteCall:
+    """One call in flight: sends it, asks again after a reconnect, cancels it on timeout.
+
+    It holds no cancel scope between awaits, so a stream may be abandoned anywhere.
+    """
 
     def __init__(self, client: AsyncClient, request: pb.CallRequest, timeout: float) -> None:
         self._client = client
         self._request = request
         self._timeout = timeout
+        self._deadline: float | None = None
+        self._pending: _Pending | None = None
         self._items = 0
+        self.answered = False  # a final answer (result, error or end of stream) arrived
+        self.finished = False
 
-    async def __aenter__(self) -> Callable[[], Any]:
-        client, request = self._client, self._request
-        send, self._receive = anyio.create_memory_object_stream[Any](math.inf)
-        self._pending = _Pending(request=request, answers=send)
-        client._pending[request.call_id] = self._pending
-        self._deadline = anyio.fail_after(self._timeout)
-        self._scope = self._deadline.__enter__()
-        try:
+    async def next_answer(self) -> pb.Envelope:
+        """The next answer frame; raises ``CallTimeoutError`` or ``GatewayUnavailableError`` at the deadline."""
+        if self._deadline is None:
+            self._deadline = anyio.current_time() + self._timeout
+            send, self._receive = anyio.create_memory_object_stream[Any](math.inf)
+            self._pending = _Pending(request=self._request, answers=send)
+            self._client._pending[self._request.call_id] = self._pending
+        with anyio.move_on_after(self._deadline - anyio.current_time()) as timer:
+            answer = await self._answer()
+        if not timer.cancelled_caught:
+            return answer
+        if self._pending is None or self._pending.link is None:  # never reached the gateway
+            supervisor = self._client._supervisor
+            reason = (supervisor.last_error if supervisor is not None else "") or "not connected"
+            raise GatewayUnavailableError(
+                f"gateway {self._client.address} was not reachable within {self._timeout:g} s ({reason})")
+        self.finish("timed out")
+        raise CallTimeoutError(f"{self._request.function} did not answer within {self._timeout:g} s")
+
+    async def _answer(self) -> pb.Envelope:
+        assert self._pending is not None and self._deadline is not None
+        if self._pending.link is None:
             await self._dispatch()
-        except BaseException as exc:
-            self._close()
-            try:
-                self._deadline.__exit__(type(exc), exc, exc.__traceback__)
-            except TimeoutError:  # the deadline passed while waiting for the gateway
-                raise self._unavailable() from None
-            raise
-        return self._next
-
-    def _unavailable(self) -> GatewayUnavailableError:
-        supervisor = self._client._supervisor
-        reason = (supervisor.last_error if supervisor is not None else "") or "not connected"
-        return GatewayUnavailableError(
-            f"gateway {self._client.address} was not reachable within {self._timeout:g} s ({reason})")
-
-    async def _dispatch(self) -> None:
-        link = await self._client._link()
-        self._client._send(self._pending, link, max(self._scope.deadline - anyio.current_time(), 0.001))
-
-    async def _next(self) -> pb.Envelope:
         while True:
             answer = await self._receive.receive()
             if isinstance(answer, _LinkLost):
@@ -322,32 +316,79 @@ class _CallContext:
                             self._request.call_id, self._request.function, answer.reason)
                 await self._dispatch()
                 continue
-            if answer.WhichOneof("body") == "item":
+            kind = answer.WhichOneof("body")
+            if kind == "item":
                 self._items += 1
+            else:
+                self.answered = True
             return answer
 
-    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
-        self._close()
-        try:
-            suppressed = self._deadline.__exit__(exc_type, exc, tb)
-        except TimeoutError:
-            self._cancel_remote("timed out")
-            raise CallTimeoutError(
-                f"{self._request.function} did not answer within {self._timeout:g} s"
-            ) from None
-        if exc_type is not None and not issubclass(exc_type, Exception):
-            self._cancel_remote("the caller was cancelled")
-        return bool(suppressed)
+    async def _dispatch(self) -> None:
+        assert self._pending is not None and self._deadline is not None
+        link = await self._client._link()
+        self._client._send(self._pending, link, max(self._deadline - anyio.current_time(), 0.001))
 
-    def _cancel_remote(self, reason: str) -> None:
-        link = self._pending.link
-        if link is not None and not link.ended.is_set():
-            link.send(pb.Envelope(cancel=pb.Cancel(call_id=self._request.call_id, reason=reason)))
-
-    def _close(self) -> None:
+    def finish(self, reason: str = "") -> None:
+        """Forget the call; if it is still running remotely, ask the node to stop (``reason``)."""
+        if self.finished:
+            return
+        self.finished = True
+        pending = self._pending
+        if pending is None:
+            return
         self._client._pending.pop(self._request.call_id, None)
-        self._pending.answers.close()
+        link = pending.link
+        if reason and not self.answered and link is not None and not link.ended.is_set():
+            link.send(pb.Envelope(cancel=pb.Cancel(call_id=self._request.call_id, reason=reason)))
+        pending.answers.close()
         self._receive.close()
+
+
+class RemoteStream:
+    """The items of a remote generator function, in order (``AsyncClient.stream``)."""
+
+    def __init__(self, call: _RemoteCall) -> None:
+        self._call = call
+        self._ended = False
+
+    def __aiter__(self) -> RemoteStream:
+        return self
+
+    async def __anext__(self) -> Any:
+        if self._ended:
+            raise StopAsyncIteration
+        try:
+            envelope = await self._call.next_answer()
+        except BaseException:
+            self._ended = True
+            self._call.finish("the caller stopped reading")
+            raise
+        kind = envelope.WhichOneof("body")
+        if kind == "item":
+            return load_value(envelope.item.payload)
+        self._ended = True
+        self._call.finish()
+        if kind == "end":
+            raise StopAsyncIteration
+        if kind == "result":  # the function was not a generator after all
+            return load_value(envelope.result.payload)
+        raise error_from_frame(envelope.error)
+
+    async def aclose(self) -> None:
+        """Stop early: the node is asked to stop producing."""
+        self._ended = True
+        self._call.finish("the caller stopped reading")
+
+    async def __aenter__(self) -> RemoteStream:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    def __del__(self) -> None:
+        # Abandoned without aclose(): forget it (the node's stream ends by itself).
+        if not self._call.finished and self._call._pending is not None:
+            self._call._client._pending.pop(self._call._request.call_id, None)
 
 
 class Client:
@@ -412,9 +453,8 @@ class Client:
             async with send:
                 task_status.started()
                 try:
-                    # aclosing: a stream abandoned half-way is closed here, in the task it runs in
-                    async with aclosing(self._client.stream(function, *args, node_id=node_id, timeout=timeout,
-                                                            **kwargs)) as items:
+                    async with self._client.stream(function, *args, node_id=node_id, timeout=timeout,
+                                                   **kwargs) as items:
                         async for item in items:
                             await send.send(("item", item))
                 except (anyio.BrokenResourceError, anyio.ClosedResourceError):

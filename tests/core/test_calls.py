@@ -311,3 +311,33 @@ def test_also_listen_needs_a_transport_name() -> None:
 
     with pytest.raises(ConfigurationError, match="must name its transport"):
         Gateway(also_listen=["127.0.0.1:9000"])
+
+
+async def test_a_stream_left_early_stops_on_the_node_and_the_client_goes_on(gateway) -> None:
+    stopped = anyio.Event()
+
+    def setup(node: ComputeNode) -> None:
+        functions(node)
+
+        @node.register
+        async def forever():
+            try:
+                i = 0
+                while True:
+                    yield i
+                    i += 1
+                    await anyio.sleep(0.01)
+            finally:
+                stopped.set()
+
+    async with running_node(gateway, "n1", setup), client_for(gateway) as client:
+        async with client.stream("forever") as items:
+            async for item in items:
+                if item == 3:
+                    break
+        with anyio.fail_after(5):
+            await stopped.wait()  # aclose() told the node to stop producing
+        async for item in client.stream("count", 100):
+            if item == 2:
+                break  # left without aclose(): nothing breaks
+        assert await client.execute("add", 1, 1) == 2
