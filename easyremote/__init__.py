@@ -15,6 +15,7 @@ from easyremote_core import (
     PluginNotFoundError,
     ProtocolError,
     RemoteExecutionError,
+    StreamingFunctionError,
 )
 from easyremote_core._client import AsyncClient, Client, NodeInfo
 from easyremote_core._gateway import Gateway
@@ -49,6 +50,7 @@ __all__ = [
     "ProtocolError",
     "RemoteExecutionError",
     "Server",
+    "StreamingFunctionError",
     "__version__",
     "errors",
     "remote",

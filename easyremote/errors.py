@@ -16,6 +16,7 @@ from easyremote_core._errors import (
     PluginNotFoundError,
     ProtocolError,
     RemoteExecutionError,
+    StreamingFunctionError,
 )
 
 __all__ = [
@@ -32,4 +33,5 @@ __all__ = [
     "PluginNotFoundError",
     "ProtocolError",
     "RemoteExecutionError",
+    "StreamingFunctionError",
 ]

@@ -17,6 +17,7 @@ from ._errors import (
     PluginNotFoundError,
     ProtocolError,
     RemoteExecutionError,
+    StreamingFunctionError,
 )
 from ._plugins import PluginEntry, PluginManager, get_plugin_manager, reset_plugin_manager
 from ._probes import HealthProbe, LinkDead, LinkHealth
@@ -52,6 +53,7 @@ __all__ = [
     "ProtocolError",
     "RemoteExecutionError",
     "RetryPolicy",
+    "StreamingFunctionError",
     "TLSConfig",
     "Transport",
     "get_plugin_manager",

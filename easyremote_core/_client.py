@@ -25,6 +25,7 @@ from ._errors import (
     EasyRemoteError,
     GatewayUnavailableError,
     MessageTooLargeError,
+    StreamingFunctionError,
 )
 from ._link import Link
 from ._node import ENVELOPE_OVERHEAD, TOKEN_ENV
@@ -182,9 +183,13 @@ class AsyncClient:
             envelope = await remote.next_answer()
         finally:
             remote.finish("the caller was cancelled")
-        if envelope.WhichOneof("body") == "result":
+        kind = envelope.WhichOneof("body")
+        if kind == "result":
             return load_value(envelope.result.payload)
-        raise error_from_frame(envelope.error)
+        if kind == "error":
+            raise error_from_frame(envelope.error)
+        raise StreamingFunctionError(f"{function} is a generator function: iterate over "
+                                     f"stream({function!r}, ...) instead of calling execute()")
 
     def stream(self, function: str, *args: Any, node_id: str | None = None,
                timeout: float | None = None, **kwargs: Any) -> RemoteStream:

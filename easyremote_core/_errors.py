@@ -54,6 +54,10 @@ class NodeBusyError(EasyRemoteError):
     """The node's queue is full (``max_queue_size``)."""
 
 
+class StreamingFunctionError(EasyRemoteError, TypeError):
+    """A generator function was called for one result; iterate over ``stream()`` instead."""
+
+
 class CallTimeoutError(EasyRemoteError, TimeoutError):
     """The call did not finish within its timeout and was cancelled."""
 

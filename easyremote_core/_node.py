@@ -326,6 +326,12 @@ class ComputeNode:
             link.send(error_frame(request.call_id, ErrorCode.CODE_NO_NODE,
                                   f"node {self.node_id} does not serve {request.function!r}", node_id=self.node_id))
             return
+        if entry.streaming and not request.streaming:
+            link.send(error_frame(request.call_id, ErrorCode.CODE_STREAMING,
+                                  f"{entry.name} is a generator function: iterate over "
+                                  f"stream({entry.name!r}, ...) instead of calling execute()",
+                                  node_id=self.node_id))
+            return
         if len(self._active_executions) >= self.max_queue_size:
             link.send(error_frame(request.call_id, ErrorCode.CODE_NODE_BUSY,
                                   f"node {self.node_id} has {self.max_queue_size} calls queued or running "

@@ -75,6 +75,26 @@ _ERROR_TYPES: dict[int, type[errors.EasyRemoteError]] = {
     ErrorCode.CODE_PROTOCOL: errors.ProtocolError,
     ErrorCode.CODE_UNAVAILABLE: errors.GatewayUnavailableError,
     ErrorCode.CODE_CANCELLED: errors.ConnectionLostError,
+    ErrorCode.CODE_STREAMING: errors.StreamingFunctionError,
+    ErrorCode.CODE_STOPPING: errors.NoNodeAvailableError,
+}
+
+#: What a caller reads when an Error frame carries no message of its own.
+_DEFAULT_MESSAGES: dict[int, str] = {
+    ErrorCode.CODE_UNSPECIFIED: "the call failed and the gateway gave no reason",
+    ErrorCode.CODE_REMOTE_EXCEPTION: "the remote function raised",
+    ErrorCode.CODE_NO_NODE: "no node serves the function",
+    ErrorCode.CODE_NODE_LOST: "the node running the call was lost; the call may or may not have run",
+    ErrorCode.CODE_NODE_BUSY: "the node's queue is full (max_queue_size)",
+    ErrorCode.CODE_TIMEOUT: "the call did not finish within its timeout and was cancelled",
+    ErrorCode.CODE_BAD_ARGUMENTS: "the node could not unpickle the arguments",
+    ErrorCode.CODE_BAD_RESULT: "the node could not pickle the result",
+    ErrorCode.CODE_TOO_LARGE: "a frame was larger than max_message_size",
+    ErrorCode.CODE_CANCELLED: "the call was cancelled",
+    ErrorCode.CODE_PROTOCOL: "the peer sent a malformed frame",
+    ErrorCode.CODE_UNAVAILABLE: "the gateway is unavailable",
+    ErrorCode.CODE_STREAMING: "the function is a generator: iterate over stream() instead of execute()",
+    ErrorCode.CODE_STOPPING: "the node is stopping and took no new call",
 }
 
 
@@ -97,12 +117,14 @@ def exception_frame(call_id: str, exc: BaseException, *, code: int = ErrorCode.C
 
 
 def error_from_frame(error: pb.Error) -> errors.EasyRemoteError:
-    """The exception a caller sees for an Error frame."""
+    """The exception a caller sees for an Error frame; its message is never empty."""
+    message = error.message or _DEFAULT_MESSAGES.get(
+        error.code, f"the call failed with error code {error.code}, which this version does not know")
     if error.code in (ErrorCode.CODE_REMOTE_EXCEPTION, ErrorCode.CODE_BAD_ARGUMENTS, ErrorCode.CODE_BAD_RESULT):
         return errors.RemoteExecutionError(
             error.remote_type or "Exception", error.message, error.remote_traceback, error.node_id
         )
-    return _ERROR_TYPES.get(error.code, errors.EasyRemoteError)(error.message)
+    return _ERROR_TYPES.get(error.code, errors.EasyRemoteError)(message)
 
 
 def code_name(code: int) -> str:

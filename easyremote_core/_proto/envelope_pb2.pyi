@@ -163,6 +163,8 @@ class Error(_message.Message):
         CODE_CANCELLED: _ClassVar[Error.Code]
         CODE_PROTOCOL: _ClassVar[Error.Code]
         CODE_UNAVAILABLE: _ClassVar[Error.Code]
+        CODE_STREAMING: _ClassVar[Error.Code]
+        CODE_STOPPING: _ClassVar[Error.Code]
     CODE_UNSPECIFIED: Error.Code
     CODE_REMOTE_EXCEPTION: Error.Code
     CODE_NO_NODE: Error.Code
@@ -175,6 +177,8 @@ class Error(_message.Message):
     CODE_CANCELLED: Error.Code
     CODE_PROTOCOL: Error.Code
     CODE_UNAVAILABLE: Error.Code
+    CODE_STREAMING: Error.Code
+    CODE_STOPPING: Error.Code
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
     CODE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
@@ -204,6 +208,12 @@ class GoAway(_message.Message):
     retry_after_ms: int
     reason: str
     def __init__(self, retry_after_ms: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class Goodbye(_message.Message):
+    __slots__ = ("reason",)
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    reason: str
+    def __init__(self, reason: _Optional[str] = ...) -> None: ...
 
 class ListNodes(_message.Message):
     __slots__ = ("request_id",)
@@ -238,7 +248,7 @@ class NodeList(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., nodes: _Optional[_Iterable[_Union[NodeInfo, _Mapping]]] = ...) -> None: ...
 
 class Envelope(_message.Message):
-    __slots__ = ("protocol_version", "hello", "welcome", "reject", "heartbeat", "register", "registered", "call", "result", "item", "end", "error", "cancel", "go_away", "list_nodes", "node_list")
+    __slots__ = ("protocol_version", "hello", "welcome", "reject", "heartbeat", "register", "registered", "call", "result", "item", "end", "error", "cancel", "go_away", "list_nodes", "node_list", "goodbye")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     HELLO_FIELD_NUMBER: _ClassVar[int]
     WELCOME_FIELD_NUMBER: _ClassVar[int]
@@ -255,6 +265,7 @@ class Envelope(_message.Message):
     GO_AWAY_FIELD_NUMBER: _ClassVar[int]
     LIST_NODES_FIELD_NUMBER: _ClassVar[int]
     NODE_LIST_FIELD_NUMBER: _ClassVar[int]
+    GOODBYE_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
     hello: Hello
     welcome: Welcome
@@ -271,4 +282,5 @@ class Envelope(_message.Message):
     go_away: GoAway
     list_nodes: ListNodes
     node_list: NodeList
-    def __init__(self, protocol_version: _Optional[int] = ..., hello: _Optional[_Union[Hello, _Mapping]] = ..., welcome: _Optional[_Union[Welcome, _Mapping]] = ..., reject: _Optional[_Union[Reject, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., register: _Optional[_Union[Register, _Mapping]] = ..., registered: _Optional[_Union[Registered, _Mapping]] = ..., call: _Optional[_Union[CallRequest, _Mapping]] = ..., result: _Optional[_Union[Result, _Mapping]] = ..., item: _Optional[_Union[StreamItem, _Mapping]] = ..., end: _Optional[_Union[StreamEnd, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., go_away: _Optional[_Union[GoAway, _Mapping]] = ..., list_nodes: _Optional[_Union[ListNodes, _Mapping]] = ..., node_list: _Optional[_Union[NodeList, _Mapping]] = ...) -> None: ...
+    goodbye: Goodbye
+    def __init__(self, protocol_version: _Optional[int] = ..., hello: _Optional[_Union[Hello, _Mapping]] = ..., welcome: _Optional[_Union[Welcome, _Mapping]] = ..., reject: _Optional[_Union[Reject, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., register: _Optional[_Union[Register, _Mapping]] = ..., registered: _Optional[_Union[Registered, _Mapping]] = ..., call: _Optional[_Union[CallRequest, _Mapping]] = ..., result: _Optional[_Union[Result, _Mapping]] = ..., item: _Optional[_Union[StreamItem, _Mapping]] = ..., end: _Optional[_Union[StreamEnd, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., go_away: _Optional[_Union[GoAway, _Mapping]] = ..., list_nodes: _Optional[_Union[ListNodes, _Mapping]] = ..., node_list: _Optional[_Union[NodeList, _Mapping]] = ..., goodbye: _Optional[_Union[Goodbye, _Mapping]] = ...) -> None: ...

@@ -15,6 +15,7 @@ from easyremote.errors import (
     NodeBusyError,
     NoNodeAvailableError,
     RemoteExecutionError,
+    StreamingFunctionError,
 )
 
 from easyremote_core import PluginManager, hookimpl
@@ -99,6 +100,22 @@ async def test_every_kind_of_function(gateway) -> None:
         assert [x async for x in client.stream("count", 5)] == [0, 1, 2, 3, 4]
         assert [x async for x in client.stream("acount", 3)] == [0, 1, 2]
         assert [x async for x in client.stream("count", 0)] == []
+
+
+async def test_execute_of_a_generator_function_names_stream_and_runs_nothing(gateway) -> None:
+    started: list[int] = []
+
+    def setup(node: ComputeNode) -> None:
+        @node.register
+        def numbers(n: int):
+            started.append(n)
+            yield from range(n)
+
+    async with running_node(gateway, "n1", setup), client_for(gateway) as client:
+        with pytest.raises(StreamingFunctionError, match=r"numbers is a generator function.*stream\('numbers'"):
+            await client.execute("numbers", 3)
+        assert started == []  # refused before it ran
+        assert [x async for x in client.stream("numbers", 3)] == [0, 1, 2]
 
 
 async def test_twenty_megabyte_argument_and_result(gateway) -> None:

@@ -84,3 +84,17 @@ async def test_node_refuses_a_gateway_of_another_version() -> None:
             await node.run()
         tg.cancel_scope.cancel()
     await listener.aclose()
+
+
+@pytest.mark.parametrize("code", sorted(pb.Error.Code.values()))
+def test_every_error_code_gives_a_message(code: int) -> None:
+    from easyremote_core._protocol import error_from_frame
+
+    error = error_from_frame(pb.Error(call_id="c1", code=code))
+    assert str(error).strip(), f"{pb.Error.Code.Name(code)} gives an empty message"
+
+
+def test_an_unknown_error_code_still_gives_a_message() -> None:
+    from easyremote_core._protocol import error_from_frame
+
+    assert "99" in str(error_from_frame(pb.Error(call_id="c1", code=99)))
