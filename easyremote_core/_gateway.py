@@ -18,6 +18,7 @@ from ._address import parse_address
 from ._config import number, whole
 from ._errors import ConfigurationError, ConnectionLostError, EasyRemoteError, ProtocolError
 from ._link import Link
+from ._logs import console_logging
 from ._plugins import PluginManager, get_plugin_manager
 from ._protocol import PROTOCOL_VERSION, ErrorCode, code_name, decode, encode, error_frame, pb
 from ._resolve import resolve_transport, transport_name
@@ -46,11 +47,14 @@ class _NodeSession(_Peer):
     lost_at: float | None = None
     connected_at: float = 0.0
     forget_timer: anyio.CancelScope | None = None  # running while the gateway waits for it to return
+    leaving: str = ""  # why the node said goodbye; it gets no new calls and leaves once they are answered
 
     @property
     def state(self) -> str:
         if self.lost_at is not None:
             return "reconnecting"
+        if self.leaving:
+            return "leaving"
         return "ready" if self.registered else "connecting"
 
 
@@ -217,7 +221,8 @@ class Gateway:
 
     def serve(self) -> None:
         """Serve until Ctrl+C or SIGTERM, then shut down gracefully."""
-        anyio.run(self._serve_until_signal)
+        with console_logging():
+            anyio.run(self._serve_until_signal)
 
     async def _serve_until_signal(self) -> None:
         async with self:
@@ -316,6 +321,7 @@ class Gateway:
             probes=[self.plugins.health_probe("heartbeat")],
             send_heartbeats=False,
             peer_name=name,
+            many_peers=True,
         )
 
     def _welcome(self, link: Link) -> None:
@@ -362,12 +368,20 @@ class Gateway:
         kind = envelope.WhichOneof("body")
         if kind == "register":
             self._register(session, envelope.register)
+        elif kind == "goodbye":
+            self._goodbye(session, envelope.goodbye.reason or "stopped")
         elif kind in ("result", "error", "item", "end"):
             call_id = getattr(envelope, kind).call_id
             call = session.calls.get(call_id)
             if call is None:
                 return  # an answer to a call that was cancelled or re-routed
-            if kind in _TERMINAL:
+            if kind == "error" and envelope.error.code == ErrorCode.CODE_STOPPING:
+                session.calls.pop(call_id, None)  # it never ran there: route it again
+                call.node = None
+                call.deliveries -= 1
+                self._dispatch(call)
+                self._leave_when_idle(session)
+            elif kind in _TERMINAL:
                 self._finish(call, envelope)
             else:
                 self._deliver(call, envelope)
@@ -385,7 +399,29 @@ class Gateway:
                             node_id=session.node_id, functions=names)
         self._wake_waiters()
 
+    def _goodbye(self, session: _NodeSession, reason: str) -> None:
+        if session.leaving:
+            return
+        session.leaving = reason[:200]
+        if session.calls:
+            logger.info("Node %s is leaving (%s); waiting for its %d running call(s)",
+                        session.node_id, session.leaving, len(session.calls))
+        self._leave_when_idle(session)
+
+    def _leave_when_idle(self, session: _NodeSession) -> None:
+        if session.leaving and not session.calls:
+            session.link.close(f"the node left ({session.leaving})")
+
     def _node_session_ended(self, session: _NodeSession, reason: str) -> None:
+        if session.leaving:
+            if self._nodes.get(session.node_id) is session:
+                del self._nodes[session.node_id]
+                logger.info("Node %s left (%s)", session.node_id, session.leaving)
+                self.plugins.notify("easyremote_node_lost", gateway_id=self.gateway_id,
+                                    node_id=session.node_id, reason=f"left ({session.leaving})")
+                self._wake_waiters()
+            self._settle_lost_node_calls(session, f"it stopped before answering ({session.leaving})")
+            return
         if self._nodes.get(session.node_id) is session:
             session.lost_at = anyio.current_time()
             logger.warning("Node %s lost: %s", session.node_id, reason)
@@ -499,6 +535,9 @@ class Gateway:
             if anyio.current_time() < self._accepting_unknown_until:
                 return None, "wait"
             return None, (ErrorCode.CODE_NO_NODE, f"no node serves {function!r}")
+        candidates = [n for n in candidates if not n.leaving]
+        if not candidates:
+            return None, (ErrorCode.CODE_NO_NODE, f"no node serves {function!r} (its node is stopping)")
         ready = [n for n in candidates if n.lost_at is None and n.registered]
         if not ready:
             return None, "wait"
@@ -563,6 +602,7 @@ class Gateway:
                             duration=anyio.current_time() - call.started)
         if call.node is not None:
             call.node.calls.pop(call.request.call_id, None)
+            self._leave_when_idle(call.node)
         if call.client is not None:
             self._forget(call)
         # else: kept, answer held, until the caller re-attaches or _forget_orphans_later drops it
@@ -573,6 +613,7 @@ class Gateway:
             del self._calls[call_id]
         if call.node is not None:
             call.node.calls.pop(call_id, None)
+            self._leave_when_idle(call.node)
         if call.client is not None:
             call.client.calls.pop(call_id, None)
 

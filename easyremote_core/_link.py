@@ -40,6 +40,7 @@ class Link:
         probes: Sequence[HealthProbe],
         send_heartbeats: bool,
         peer_name: str,
+        many_peers: bool = False,
     ) -> None:
         self.connection = connection
         self.health = LinkHealth(
@@ -49,6 +50,7 @@ class Link:
             health_check_interval=health_check_interval,
             last_received=anyio.current_time(),
             peer_name=peer_name,
+            many_peers=many_peers,
         )
         self._on_frame = on_frame
         self._probes = list(probes)

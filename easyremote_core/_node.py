@@ -25,6 +25,7 @@ from ._address import parse_address
 from ._config import LinkSettings, number, whole
 from ._errors import ConfigurationError, EasyRemoteError
 from ._link import Link
+from ._logs import console_logging
 from ._plugins import PluginManager, get_plugin_manager
 from ._probes import HealthProbe
 from ._protocol import ErrorCode, dump_value, error_frame, exception_frame, load_arguments, pb
@@ -39,6 +40,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 TOKEN_ENV = "EASYREMOTE_TOKEN"
 #: Room left in a frame for the envelope around a payload.
 ENVELOPE_OVERHEAD = 4096
+#: After its goodbye, how long a stopping node waits for the gateway to close the link.
+GOODBYE_TIMEOUT = 2.0
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,7 @@ class ComputeNode:
         health_check_interval: float = 30.0,
         connection_timeout: float = 10.0,
         execution_timeout: float = 300.0,
+        drain_timeout: float = 10.0,
         max_queue_size: int = 1000,
         max_concurrency: int | None = None,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
@@ -117,6 +121,7 @@ class ComputeNode:
             connection_timeout=connection_timeout,
         )
         self.execution_timeout = number("execution_timeout", execution_timeout, above=0)
+        self.drain_timeout = number("drain_timeout", drain_timeout, minimum=0)
         self.max_queue_size = whole("max_queue_size", max_queue_size, minimum=1)
         self.max_concurrency = whole("max_concurrency", max_concurrency or os.cpu_count() or 1, minimum=1)
         self.max_message_size = whole("max_message_size", max_message_size, minimum=ENVELOPE_OVERHEAD * 2)
@@ -133,6 +138,10 @@ class ComputeNode:
         self._run_scope: anyio.CancelScope | None = None
         self._token: anyio.lowlevel.EventLoopToken | None = None
         self._stop_requested = False
+        self._stopping: anyio.Event | None = None  # set by stop(): drain, say goodbye, end
+        self._draining = False
+        self._idle: anyio.Event | None = None  # set when the last running call ends while draining
+        self._busy_threads: set[str] = set()  # call ids whose sync code runs in a worker thread now
         self._last_error = ""
         # Diagnostics the reconnection guide shows (kept in step with the supervisor).
         self._active_executions: dict[str, _Execution] = {}
@@ -183,21 +192,40 @@ class ComputeNode:
     def serve(self) -> None:
         """Serve, reconnecting per the retry policy, until Ctrl+C, SIGTERM or ``stop()``.
 
+        The first Ctrl+C (or SIGTERM) stops in order: no new calls, running ones finish
+        (up to ``drain_timeout``), goodbye to the gateway. A second one stops at once.
         Raises ``GatewayUnavailableError`` when ``max_retry_attempts`` run out.
         """
-        anyio.run(self._serve_with_signals)
+        with console_logging():
+            forced = anyio.run(self._serve_with_signals)
+            if forced and self._busy_threads:
+                # Worker threads cannot be interrupted and would hold the interpreter open.
+                logger.warning("Node %s exits now, abandoning %d call(s) still running in worker threads",
+                               self.node_id, len(self._busy_threads))
+                logging.shutdown()
+                os._exit(130)
 
-    async def _serve_with_signals(self) -> None:
+    async def _serve_with_signals(self) -> bool:
+        """Run until stopped; True when a second signal asked to stop at once."""
+        forced = False
         if threading.current_thread() is not threading.main_thread():
             await self.run()
-            return
+            return forced
         async with anyio.create_task_group() as tg:
             async def on_signal() -> None:
+                nonlocal forced
                 with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                     async for signum in signals:
-                        logger.info("Received %s, stopping node %s", signal.Signals(signum).name, self.node_id)
-                        self.stop()
-                        return
+                        name = signal.Signals(signum).name
+                        if not self._stop_requested:
+                            logger.info("Received %s, stopping node %s", name, self.node_id)
+                            self.stop()
+                        else:
+                            logger.info("Received %s again, stopping node %s at once", name, self.node_id)
+                            forced = True
+                            if self._run_scope is not None:
+                                self._run_scope.cancel()
+                            return
 
             tg.start_soon(on_signal)
             failure: BaseException | None = None
@@ -208,6 +236,7 @@ class ComputeNode:
             tg.cancel_scope.cancel()
         if failure is not None:
             raise failure
+        return forced
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Serve until ``stop()`` or cancellation (the async form of ``serve``)."""
@@ -215,7 +244,8 @@ class ComputeNode:
             raise RuntimeError(f"node {self.node_id} is already running")
         self._token = anyio.lowlevel.current_token()
         self._registered = anyio.Event()
-        self._stop_requested = False
+        self._stopping = anyio.Event()
+        self._draining = False
         supervisor = ConnectionSupervisor(
             role="node", address=self.address, transport=self._transport,
             link_options=LinkOptions(max_message_size=self.max_message_size,
@@ -228,11 +258,26 @@ class ComputeNode:
             supervisor.on_state_change(callback)
         self._supervisor = supervisor
         task_status.started()
+        failure: EasyRemoteError | None = None
         try:
             with anyio.CancelScope() as self._run_scope:
                 if self._stop_requested:
                     return
-                await supervisor.run()
+                async with anyio.create_task_group() as tg:
+                    async def supervise() -> None:
+                        nonlocal failure
+                        try:
+                            await supervisor.run()
+                        except EasyRemoteError as exc:  # raised below, not wrapped in an ExceptionGroup
+                            failure = exc
+                        tg.cancel_scope.cancel()
+
+                    tg.start_soon(supervise)
+                    await self._stopping.wait()
+                    await self._leave(supervisor)
+                    tg.cancel_scope.cancel()
+            if failure is not None:
+                raise failure
         finally:
             with anyio.CancelScope(shield=True):
                 await self._transport.aclose()
@@ -244,18 +289,46 @@ class ComputeNode:
             logger.info("Node %s stopped", self.node_id)
 
     def stop(self) -> None:
-        """Stop serving; callable from any thread."""
+        """Stop serving in order; callable from any thread.
+
+        The node takes no new call, lets the running ones finish (up to ``drain_timeout``
+        seconds), says goodbye to the gateway and ends ``run()``/``serve()``.
+        """
         self._stop_requested = True
-        token, scope = self._token, self._run_scope
-        if token is None or scope is None:
+        token, stopping = self._token, self._stopping
+        if token is None or stopping is None:
             return
         if _off_loop(token):
             try:
-                anyio.from_thread.run_sync(scope.cancel, token=token)
+                anyio.from_thread.run_sync(stopping.set, token=token)
             except RuntimeError:
                 pass  # the loop has already finished
         else:
-            scope.cancel()
+            stopping.set()
+
+    async def _leave(self, supervisor: ConnectionSupervisor) -> None:
+        """Take no new calls, wait for the running ones, then let the gateway close the link."""
+        self._draining = True
+        link = supervisor.link if supervisor.state is ConnectionState.READY else None
+        if link is not None:
+            supervisor.leave()
+            link.send(pb.Envelope(goodbye=pb.Goodbye(reason="stopped")))
+        running = len(self._active_executions)
+        if running:
+            self._idle = anyio.Event()
+            logger.info("Stopping node %s: waiting for %d running call(s) to finish (up to %s s; "
+                        "Ctrl+C again stops at once)", self.node_id, running, _g(self.drain_timeout))
+            with anyio.move_on_after(self.drain_timeout):
+                await self._idle.wait()
+            if self._active_executions:
+                logger.warning("Node %s: %d call(s) still running after drain_timeout (%s s); cancelling them",
+                               self.node_id, len(self._active_executions), _g(self.drain_timeout))
+                for execution in list(self._active_executions.values()):
+                    execution.scope.cancel()
+        if link is not None:
+            # The gateway closes the link once it has every answer: then nothing is in flight.
+            with anyio.move_on_after(GOODBYE_TIMEOUT):
+                await link.ended.wait()
 
     async def __aenter__(self) -> ComputeNode:
         self._background = anyio.create_task_group()
@@ -326,6 +399,10 @@ class ComputeNode:
             link.send(error_frame(request.call_id, ErrorCode.CODE_NO_NODE,
                                   f"node {self.node_id} does not serve {request.function!r}", node_id=self.node_id))
             return
+        if self._draining:
+            link.send(error_frame(request.call_id, ErrorCode.CODE_STOPPING,
+                                  f"node {self.node_id} is stopping and took no new call", node_id=self.node_id))
+            return
         if entry.streaming and not request.streaming:
             link.send(error_frame(request.call_id, ErrorCode.CODE_STREAMING,
                                   f"{entry.name} is a generator function: iterate over "
@@ -357,6 +434,8 @@ class ComputeNode:
         finally:
             self._active_executions.pop(call_id, None)
             self._execution_tasks.pop(call_id, None)
+            if self._idle is not None and not self._active_executions:
+                self._idle.set()
 
     async def _run_call(self, link: Link, entry: RegisteredFunction, request: pb.CallRequest) -> None:
         call_id = request.call_id
@@ -368,8 +447,9 @@ class ComputeNode:
         limit = self.max_message_size - ENVELOPE_OVERHEAD
         try:
             if entry.kind == "sync":
-                value = await anyio.to_thread.run_sync(functools.partial(entry.func, *args, **kwargs),
-                                                       abandon_on_cancel=True, limiter=self._limiter)
+                value = await anyio.to_thread.run_sync(
+                    functools.partial(self._in_thread, call_id, entry.func, *args, **kwargs),
+                    abandon_on_cancel=True, limiter=self._limiter)
             elif entry.kind == "async":
                 async with self._limiter:
                     value = await entry.func(*args, **kwargs)
@@ -432,10 +512,18 @@ class ComputeNode:
                 generator.close()
 
         try:
-            await anyio.to_thread.run_sync(drain, abandon_on_cancel=True, limiter=self._limiter)
+            await anyio.to_thread.run_sync(self._in_thread, call_id, drain, abandon_on_cancel=True,
+                                           limiter=self._limiter)
         finally:
             stopped.set()
         return count
+
+    def _in_thread(self, call_id: str, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        self._busy_threads.add(call_id)
+        try:
+            return func(*args, **kwargs)
+        finally:
+            self._busy_threads.discard(call_id)
 
     @functools.cached_property
     def _limiter(self) -> anyio.CapacityLimiter:
@@ -504,3 +592,7 @@ def _off_loop(token: anyio.lowlevel.EventLoopToken | None) -> bool:
         return anyio.lowlevel.current_token() != token
     except RuntimeError:
         return True
+
+
+def _g(value: float) -> str:
+    return f"{value:g}"

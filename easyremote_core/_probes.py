@@ -18,6 +18,8 @@ class LinkHealth:
     health_check_interval: float
     last_received: float = 0.0  # anyio.current_time() of the last frame from the peer
     peer_name: str = "peer"
+    #: True on a side that talks to many peers (the gateway): its log lines then name the peer.
+    many_peers: bool = False
     extra: dict[str, object] = field(default_factory=dict)
 
 

@@ -100,6 +100,11 @@ class ConnectionSupervisor:
         self.connected_at: float | None = None
         self.last_received_wall: float | None = None
         self._ready = anyio.Event()
+        self._leaving = False
+
+    def leave(self) -> None:
+        """The peer is stopping in order: the end of its current link is no loss, and ``run`` returns."""
+        self._leaving = True
 
     # -- observing ------------------------------------------------------------------------
 
@@ -176,6 +181,8 @@ class ConnectionSupervisor:
                     failures += 1
                     reason = _reason(exc)
                 else:
+                    if self._leaving:
+                        return
                     failures = 1  # the established link broke: its loss is the first failure
                 self.last_error = reason
                 self._log.error("Connection error (attempt %d): %s", failures, reason)
@@ -193,7 +200,8 @@ class ConnectionSupervisor:
                 await self._back_off(delay)
         finally:
             self.link = None
-            self._set_state(ConnectionState.CLOSED, self.last_error)
+            self._set_state(ConnectionState.CLOSED,
+                            str(self.fatal_error) if self.fatal_error is not None else "stopped")
             self._ready.set()  # wake waiters: they see CLOSED
 
     async def _attempt(self, label: str) -> str:
@@ -224,7 +232,7 @@ class ConnectionSupervisor:
             if self.link is link:
                 self.link = None
             self.last_received_wall = link.last_received_wall
-            if established:
+            if established and not self._leaving:
                 if self._on_link_lost is not None:
                     self._on_link_lost(reason)
                 self._set_state(ConnectionState.RECONNECTING, reason)

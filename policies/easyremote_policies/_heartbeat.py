@@ -39,5 +39,8 @@ class HeartbeatProbe(HealthProbe):
                 last = latest
                 continue
             elapsed = anyio.current_time() - last
-            logger.warning("Heartbeat timeout: %.1fs > %gs", elapsed, timeout)
+            if link.many_peers:
+                logger.warning("Heartbeat timeout: %.1fs > %gs (%s)", elapsed, timeout, link.peer_name)
+            else:
+                logger.warning("Heartbeat timeout: %.1fs > %gs", elapsed, timeout)
             raise LinkDead("Heartbeat timeout detected")

@@ -97,7 +97,7 @@ async def test_a_sync_function_blocking_past_heartbeat_timeout_keeps_its_node(ga
 
 
 @pytest.mark.parametrize("transport_name", ["grpc", "tcp"])
-async def test_gateway_evicts_a_node_it_stops_hearing_from(transport_name: str) -> None:
+async def test_gateway_evicts_a_node_it_stops_hearing_from(transport_name: str, caplog) -> None:
     manager, events = observed_plugins()
     async with Gateway(port=0, host="127.0.0.1", transport=transport_name, heartbeat_timeout=1.5,
                        node_grace=0.5, plugins=manager) as gw:
@@ -112,6 +112,9 @@ async def test_gateway_evicts_a_node_it_stops_hearing_from(transport_name: str) 
             assert node_id == "frozen" and "Heartbeat timeout" in reason
             assert 1.0 < when - stopped < 1.5 * 1.1 + 0.3  # heartbeat_timeout (+10 %), from the last frame
             process.cont()
+    # The gateway watches many peers: its warning says which one went silent, once.
+    warnings = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Heartbeat timeout")]
+    assert len(warnings) == 1 and warnings[0].endswith("> 1.5s (node frozen)"), warnings
 
 
 @pytest.mark.parametrize("transport_name", ["grpc", "tcp"])
