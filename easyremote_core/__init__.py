@@ -24,6 +24,7 @@ from ._probes import HealthProbe, LinkDead, LinkHealth
 from ._protocol import PROTOCOL_VERSION
 from ._reachability import wait_until_listening
 from ._retry import RetryPolicy
+from ._routing import NodeLoad, RoutingPolicy
 from ._transport import Connection, ConnectionHandler, LinkOptions, Listener, TLSConfig, Transport
 from .hookspecs import hookimpl
 
@@ -45,6 +46,7 @@ __all__ = [
     "MessageTooLargeError",
     "NoNodeAvailableError",
     "NodeBusyError",
+    "NodeLoad",
     "NodeLostError",
     "PROTOCOL_VERSION",
     "PluginEntry",
@@ -53,6 +55,7 @@ __all__ = [
     "ProtocolError",
     "RemoteExecutionError",
     "RetryPolicy",
+    "RoutingPolicy",
     "StreamingFunctionError",
     "TLSConfig",
     "Transport",

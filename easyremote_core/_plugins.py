@@ -11,10 +11,11 @@ from typing import Any, TypeVar
 
 import pluggy
 
-from . import hookspecs
+from . import _routing, hookspecs
 from ._errors import PluginNotFoundError
 from ._probes import HealthProbe
 from ._retry import RetryPolicy
+from ._routing import RoutingPolicy
 from ._transport import Transport
 
 logger = logging.getLogger(__name__)
@@ -25,7 +26,7 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class PluginEntry:
-    kind: str  # "transport", "retry policy" or "health probe"
+    kind: str  # "transport", "retry policy", "health probe" or "routing policy"
     name: str
     factory: Callable[..., Any]
     plugin: str  # the plugin (entry point) that provides it
@@ -36,7 +37,12 @@ _KINDS = {
     "transport": "easyremote_transports",
     "retry policy": "easyremote_retry_policies",
     "health probe": "easyremote_health_probes",
+    "routing policy": "easyremote_routing_policies",
 }
+
+#: Parts of the core registered as plugins of their own, like pytest's built-in plugins.
+#: They are always there: ``$EASYREMOTE_DISABLE_PLUGINS`` names entry points only.
+BUILTIN_PLUGINS = {"easyremote.routing": _routing}
 
 
 class PluginManager(pluggy.PluginManager):
@@ -47,6 +53,9 @@ class PluginManager(pluggy.PluginManager):
         self.add_hookspecs(hookspecs)
         self._dists: dict[int, str] = {}
         self.failed: dict[str, str] = {}  # entry-point name -> why it did not load
+        for name, plugin in BUILTIN_PLUGINS.items():
+            self.register(plugin, name=name)
+            self._dists[id(plugin)] = _core_distribution()
 
     def load_entry_points(self) -> int:
         """Load the ``easyremote`` entry-point group, except names in ``$EASYREMOTE_DISABLE_PLUGINS``.
@@ -106,6 +115,9 @@ class PluginManager(pluggy.PluginManager):
     def health_probe(self, name: str) -> HealthProbe:
         return self._resolve("health probe", name).factory()
 
+    def routing_policy(self, name: str) -> RoutingPolicy:
+        return self._resolve("routing policy", name).factory()
+
     def notify(self, hook_name: str, **kwargs: Any) -> None:
         """Call an observer hook; an observer that raises is logged, never propagated."""
         hook = getattr(self.hook, hook_name)
@@ -115,6 +127,13 @@ class PluginManager(pluggy.PluginManager):
             hook(**kwargs)
         except Exception:
             logger.exception("observer hook %s raised", hook_name)
+
+
+def _core_distribution() -> str:
+    try:
+        return f"easyremote {importlib.metadata.version('easyremote')}"
+    except importlib.metadata.PackageNotFoundError:
+        return "easyremote <not installed>"
 
 
 def _split(text: str) -> Iterable[str]:

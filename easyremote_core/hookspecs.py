@@ -16,6 +16,7 @@ import pluggy
 if TYPE_CHECKING:
     from ._probes import HealthProbe
     from ._retry import RetryPolicy
+    from ._routing import RoutingPolicy
     from ._transport import Transport
 
 PROJECT = "easyremote"
@@ -48,6 +49,16 @@ def easyremote_health_probes() -> Mapping[str, Callable[..., HealthProbe]]:
 
     Each factory is called with no arguments and returns a
     :class:`~easyremote_core.HealthProbe`.
+    """
+
+
+@hookspec
+def easyremote_routing_policies() -> Mapping[str, Callable[[], RoutingPolicy]]:
+    """Return gateway routing policies by name.
+
+    Each factory is called with no arguments and returns a
+    :class:`~easyremote_core.RoutingPolicy`; a gateway makes one when it is created
+    (``Gateway(routing=name)``, ``--routing``, ``$EASYREMOTE_ROUTING``).
     """
 
 

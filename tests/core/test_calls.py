@@ -213,6 +213,7 @@ async def _collect(results: list, awaitable) -> None:
 
 
 async def test_round_robin_and_pinning(gateway) -> None:
+    gateway.routing = gateway.plugins.routing_policy("round-robin")
     async with running_node(gateway, "n1", functions), running_node(gateway, "n2", functions), \
             client_for(gateway) as client:
         seen = [await client.execute("whoami") for _ in range(6)]

@@ -1,0 +1,207 @@
+"""The call table: every call in flight, who asked it, which node runs it, and answers held for a caller."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import anyio
+
+from .._protocol import ErrorCode, code_name, error_frame, pb
+from ._registry import NodeSession, Peer, Registry
+from ._router import Refused, Routed, Router
+
+logger = logging.getLogger("easyremote.gateway")
+
+#: How many times an idempotent call is sent to a node before a lost node fails it.
+MAX_DELIVERIES = 3
+TERMINAL = frozenset({"result", "error", "end"})
+
+
+@dataclass(eq=False)
+class Call:
+    request: pb.CallRequest
+    client: Peer | None
+    node: NodeSession | None = None
+    idempotent: bool = False
+    asked_again: bool = False
+    deliveries: int = 0
+    started: float = 0.0
+    held: list[pb.Envelope] = field(default_factory=list)  # answers held while the client is away
+
+
+class CallTable:
+    """Routes calls to nodes and answers back to their callers, across lost links on either side.
+
+    ``grace`` bounds how long a call waits for a node to come back, and how long answers
+    are held for a caller that lost its link.
+    """
+
+    def __init__(self, *, gateway_id: str, registry: Registry, router: Router, grace: float,
+                 notify: Callable[..., None], spawn: Callable[..., None]) -> None:
+        self.gateway_id = gateway_id
+        self.registry = registry
+        self.router = router
+        self.grace = grace
+        self._notify = notify
+        self._spawn = spawn
+        self.calls: dict[str, Call] = {}
+
+    # -- from clients ---------------------------------------------------------------------
+
+    def accept(self, client: Peer, request: pb.CallRequest) -> None:
+        existing = self.calls.get(request.call_id)
+        if existing is not None:  # the client reconnected and asks again: re-attach
+            existing.client = client
+            client.calls[request.call_id] = existing
+            held, existing.held = existing.held, []
+            for envelope in held:
+                client.link.send(envelope)
+                if envelope.WhichOneof("body") in TERMINAL:
+                    self.forget(existing)
+            return
+        # A call asked again (attempt > 1) that this gateway does not know was lost with the
+        # link (or with a gateway restart); dispatch decides, once a node says whether the
+        # function is idempotent, whether it may run again.
+        call = Call(request=request, client=client, started=anyio.current_time(), asked_again=request.attempt > 1)
+        self.calls[request.call_id] = call
+        client.calls[request.call_id] = call
+        self.dispatch(call)
+
+    def cancel(self, client: Peer, cancel: pb.Cancel) -> None:
+        call = self.calls.get(cancel.call_id)
+        if call is not None and call.client is client:
+            if call.node is not None:
+                call.node.link.send(pb.Envelope(cancel=cancel))
+            self.forget(call)
+
+    def client_ended(self, client: Peer) -> None:
+        for call in list(client.calls.values()):
+            if call.client is client:
+                call.client = None
+        if client.calls:
+            self._spawn(self._forget_orphans_later, client)
+
+    async def _forget_orphans_later(self, client: Peer) -> None:
+        await anyio.sleep(self.grace)
+        for call in list(client.calls.values()):
+            if call.client is None and self.calls.get(call.request.call_id) is call:
+                if call.node is not None:
+                    call.node.link.send(pb.Envelope(cancel=pb.Cancel(
+                        call_id=call.request.call_id, reason="the caller did not come back")))
+                self.forget(call)
+        client.calls.clear()
+
+    # -- to nodes -------------------------------------------------------------------------
+
+    def dispatch(self, call: Call) -> None:
+        """Send the call to a node now, wait for one that is coming back, or fail it."""
+        request = call.request
+        route = self.router.route(request.function, request.node_id)
+        if isinstance(route, Routed):
+            self._send(call, route.node)
+        elif isinstance(route, Refused):
+            self.finish(call, error_frame(request.call_id, route.code, route.message))
+        else:
+            self._spawn(self._wait_for_node, call)
+
+    def _send(self, call: Call, node: NodeSession) -> None:
+        request = call.request
+        spec = node.functions[request.function]
+        call.idempotent = spec.idempotent
+        if call.asked_again and call.deliveries == 0 and not spec.idempotent:
+            self.finish(call, error_frame(
+                request.call_id, ErrorCode.CODE_CANCELLED,
+                f"call {request.call_id} of {request.function!r} was lost with the link to the gateway; "
+                "it may or may not have run, and it is not run again because the function is not idempotent"))
+            return
+        call.node = node
+        call.deliveries += 1
+        node.calls[request.call_id] = call
+        request.attempt = call.deliveries
+        node.link.send(pb.Envelope(call=request))
+        self._notify("easyremote_call_started", call_id=request.call_id, function=request.function,
+                     node_id=node.node_id)
+
+    async def _wait_for_node(self, call: Call) -> None:
+        request = call.request
+        limit = request.timeout if request.timeout > 0 else self.grace
+        with anyio.move_on_after(limit):
+            while call.node is None and self.calls.get(request.call_id) is call:
+                await self.registry.wait_changed()
+                route = self.router.route(request.function, request.node_id)
+                if isinstance(route, (Routed, Refused)):
+                    self.dispatch(call)
+                    return
+        if call.node is None and self.calls.get(request.call_id) is call:
+            self.finish(call, error_frame(request.call_id, ErrorCode.CODE_NO_NODE,
+                                          f"no node serving {request.function!r} came back in time"))
+
+    # -- from nodes -----------------------------------------------------------------------
+
+    def answer(self, node: NodeSession, envelope: pb.Envelope) -> None:
+        """A result, error, stream item or end from ``node``."""
+        kind = envelope.WhichOneof("body")
+        call = node.calls.get(getattr(envelope, kind).call_id)
+        if call is None:
+            return  # an answer to a call that was cancelled or re-routed
+        if kind == "error" and envelope.error.code == ErrorCode.CODE_STOPPING:
+            node.calls.pop(call.request.call_id, None)  # it never ran there: route it again
+            call.node = None
+            call.deliveries -= 1
+            self.dispatch(call)
+            self.registry.leave_when_idle(node)
+        elif kind in TERMINAL:
+            self.finish(call, envelope)
+        else:
+            self._deliver(call, envelope)
+
+    def node_lost(self, node: NodeSession, reason: str) -> None:
+        """Re-route the idempotent calls of a session that ended; fail the others with NodeLost."""
+        for call in list(node.calls.values()):
+            node.calls.pop(call.request.call_id, None)
+            call.node = None
+            if call.idempotent and call.deliveries < MAX_DELIVERIES:
+                logger.info("Re-routing idempotent call %s of %r after node %s was lost",
+                            call.request.call_id, call.request.function, node.node_id)
+                self.dispatch(call)
+            else:
+                self.finish(call, error_frame(
+                    call.request.call_id, ErrorCode.CODE_NODE_LOST,
+                    f"node {node.node_id} was lost while running {call.request.function!r}: {reason}",
+                    node_id=node.node_id))
+
+    # -- answers --------------------------------------------------------------------------
+
+    def _deliver(self, call: Call, envelope: pb.Envelope) -> None:
+        if call.client is not None:
+            call.client.link.send(envelope)
+        else:
+            call.held.append(envelope)
+
+    def finish(self, call: Call, envelope: pb.Envelope) -> None:
+        self._deliver(call, envelope)
+        outcome = "ok" if envelope.WhichOneof("body") != "error" else code_name(envelope.error.code)
+        node_id = call.node.node_id if call.node is not None else envelope.error.node_id
+        self._notify("easyremote_call_finished", call_id=call.request.call_id, function=call.request.function,
+                     node_id=node_id, outcome=outcome, duration=anyio.current_time() - call.started)
+        if call.node is not None:
+            call.node.calls.pop(call.request.call_id, None)
+            self.registry.leave_when_idle(call.node)
+        if call.client is not None:
+            self.forget(call)
+        # else: kept, answer held, until the caller re-attaches or _forget_orphans_later drops it
+
+    def forget(self, call: Call) -> None:
+        call_id = call.request.call_id
+        if self.calls.get(call_id) is call:
+            del self.calls[call_id]
+        if call.node is not None:
+            call.node.calls.pop(call_id, None)
+            self.registry.leave_when_idle(call.node)
+        if call.client is not None:
+            call.client.calls.pop(call_id, None)
+
+    def clear(self) -> None:
+        self.calls.clear()

@@ -1,0 +1,349 @@
+"""The gateway: listens, admits peers, and wires each session to the rooms that own its frames."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import uuid
+from collections.abc import Callable, Iterable
+from contextlib import AsyncExitStack
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup
+
+from .._address import parse_address
+from .._config import number, whole
+from .._errors import ConfigurationError, ConnectionLostError, EasyRemoteError, ProtocolError
+from .._link import Link
+from .._logs import console_logging
+from .._plugins import PluginManager, get_plugin_manager
+from .._protocol import PROTOCOL_VERSION, encode, pb
+from .._resolve import resolve_transport, transport_name
+from .._transport import DEFAULT_MAX_MESSAGE_SIZE, Connection, LinkOptions, Listener, TLSConfig, Transport
+from ._admission import Admission
+from ._calls import CallTable
+from ._identities import Identities
+from ._registry import NodeSession, Peer, Registry
+from .._routing import RoutingPolicy
+from ._router import Router
+
+logger = logging.getLogger("easyremote.gateway")
+
+ROUTING_ENV = "EASYREMOTE_ROUTING"
+DEFAULT_ROUTING = "least-loaded"
+
+
+class Gateway:
+    """Accepts nodes and clients on one port and routes calls between them.
+
+    ``serve()`` blocks until Ctrl+C or SIGTERM; ``async with gateway:`` runs it in
+    the background for embedding. ``port`` is the bound port once started.
+    """
+
+    def __init__(
+        self,
+        port: int = 8080,
+        host: str = "0.0.0.0",
+        *,
+        transport: str | Transport | None = None,
+        also_listen: Iterable[str] = (),
+        heartbeat_timeout: float = 15.0,
+        auth_token: str | Iterable[str] | None = None,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        node_grace: float | None = None,
+        startup_grace: float | None = None,
+        handshake_timeout: float = 10.0,
+        max_handshake_rate: float = 500.0,
+        routing: str | RoutingPolicy | None = None,
+        tls: TLSConfig | None = None,
+        plugins: PluginManager | None = None,
+    ) -> None:
+        self._requested_port = whole("port", port, minimum=0)
+        if port > 65535:
+            raise ConfigurationError(f"port ({port}) must be at most 65535")
+        if not isinstance(host, str) or not host:
+            raise ConfigurationError(f"host must be a non-empty string, got {host!r}")
+        self.host = host
+        self.heartbeat_timeout = number("heartbeat_timeout", heartbeat_timeout, above=0)
+        self.node_grace = self.heartbeat_timeout if node_grace is None else number("node_grace", node_grace, minimum=0)
+        self.startup_grace = self.node_grace if startup_grace is None else number(
+            "startup_grace", startup_grace, minimum=0)
+        self.handshake_timeout = number("handshake_timeout", handshake_timeout, above=0)
+        self.max_message_size = whole("max_message_size", max_message_size, minimum=1024)
+        self.max_handshake_rate = number("max_handshake_rate", max_handshake_rate, minimum=1)
+        self._identities = Identities(auth_token)
+        self._transport_choice = transport
+        self.transport_name = transport_name(transport)
+        self._also_listen = [parse_address(text, parameter="also_listen", allow_port_zero=True) for text in also_listen]
+        for extra in self._also_listen:
+            if not extra.scheme:
+                raise ConfigurationError(f"also_listen address {extra} must name its transport, e.g. tcp://{extra}")
+        self._tls = tls
+        self._plugins = plugins
+        self._routing = self._resolve_routing(routing)
+        self.gateway_id = f"gateway-{uuid.uuid4().hex[:8]}"
+        self._admission = Admission(handshake_timeout=self.handshake_timeout, rate=self.max_handshake_rate)
+        self._registry: Registry | None = None  # the rooms that need an event loop are made in start()
+        self._router: Router | None = None
+        self._calls: CallTable | None = None
+        self._listener: Listener | None = None
+        self._listeners: list[tuple[str, str, Listener]] = []  # (transport name, host, listener)
+        self._transport: Transport | None = None
+        self._task_group: TaskGroup | None = None
+        self._stack: AsyncExitStack | None = None
+
+    def _resolve_routing(self, choice: str | RoutingPolicy | None) -> RoutingPolicy:
+        if isinstance(choice, RoutingPolicy):
+            return choice
+        name = choice or os.environ.get(ROUTING_ENV) or DEFAULT_ROUTING
+        return self.plugins.routing_policy(name)
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        return self._listener.port if self._listener is not None else self._requested_port
+
+    @property
+    def addresses(self) -> list[str]:
+        """Every address it listens on, as ``transport://host:port``."""
+        return [f"{name}://{host}:{listener.port}" for name, host, listener in self._listeners]
+
+    @property
+    def plugins(self) -> PluginManager:
+        if self._plugins is None:
+            self._plugins = get_plugin_manager()
+        return self._plugins
+
+    @property
+    def routing(self) -> RoutingPolicy:
+        """The routing policy; it may be replaced while the gateway runs."""
+        return self._routing
+
+    @routing.setter
+    def routing(self, policy: RoutingPolicy) -> None:
+        if not isinstance(policy, RoutingPolicy):
+            raise ConfigurationError(f"routing must be a RoutingPolicy, got {policy!r}")
+        self._routing = policy
+        if self._router is not None:
+            self._router.policy = policy
+
+    async def start(self) -> None:
+        """Bind and start serving in the background."""
+        if self._stack is not None:
+            raise RuntimeError("the gateway is already running")
+        options = LinkOptions(max_message_size=self.max_message_size, tls=self._tls)
+        endpoints = [(resolve_transport(self.plugins, self._transport_choice, tls=self._tls), self.host,
+                      self._requested_port)]
+        for extra in self._also_listen:
+            endpoints.append((resolve_transport(self.plugins, extra.scheme, tls=self._tls), extra.host, extra.port))
+        self._transport = endpoints[0][0]
+        self._make_rooms()
+        stack = AsyncExitStack()
+        try:
+            for transport, host, port in endpoints:
+                stack.push_async_callback(transport.aclose)
+                listener = await transport.listen(host, port, options)
+                stack.push_async_callback(listener.aclose)
+                self._listeners.append((transport.name, host, listener))
+            # Entered last, so it exits first: its tasks end before the listeners close.
+            self._task_group = await stack.enter_async_context(anyio.create_task_group())
+            for _, _, listener in self._listeners:
+                self._task_group.start_soon(listener.serve, self._handle_connection)
+        except BaseException:
+            await stack.aclose()
+            self._listeners.clear()
+            raise
+        self._listener = self._listeners[0][2]
+        self._stack = stack
+        if self.startup_grace > 0:
+            # Just after a (re)start nodes are still on their way back: a call for a
+            # function nobody has registered yet waits for them this long.
+            assert self._router is not None
+            self._router.accepting_unknown_until = anyio.current_time() + self.startup_grace
+            self._task_group.start_soon(self._end_startup_grace)
+        for name, host, listener in self._listeners:
+            logger.info("EasyRemote gateway listening on %s:%d (transport %s)", host, listener.port, name)
+        if self._identities.open:
+            logger.warning(
+                "No auth_token is set: anyone who can reach %s:%d can register nodes and run code on them",
+                self.host, self.port,
+            )
+
+    def _make_rooms(self) -> None:
+        self._admission.start()
+        self._registry = Registry(gateway_id=self.gateway_id, node_grace=self.node_grace,
+                                  plugins=lambda: self.plugins, spawn=self._spawn,
+                                  on_lost=lambda session, reason: self._call_table.node_lost(session, reason))
+        self._router = Router(self._registry, self._routing)
+        self._calls = CallTable(gateway_id=self.gateway_id, registry=self._registry, router=self._router,
+                                grace=self.node_grace, notify=self._notify, spawn=self._spawn)
+
+    @property
+    def _call_table(self) -> CallTable:
+        assert self._calls is not None, "the gateway is not running"
+        return self._calls
+
+    @property
+    def _nodes(self) -> Registry:
+        assert self._registry is not None, "the gateway is not running"
+        return self._registry
+
+    def _spawn(self, func: Callable[..., Any], *args: Any) -> None:
+        if self._task_group is not None:
+            self._task_group.start_soon(func, *args)
+
+    def _notify(self, hook: str, **kwargs: Any) -> None:
+        self.plugins.notify(hook, gateway_id=self.gateway_id, **kwargs)
+
+    async def _end_startup_grace(self) -> None:
+        await anyio.sleep(self.startup_grace)
+        self._nodes.changed()
+
+    async def stop(self) -> None:
+        """Stop accepting, close every session, and fail the calls in flight."""
+        stack, self._stack = self._stack, None
+        if stack is None:
+            return
+        assert self._task_group is not None
+        self._task_group.cancel_scope.cancel()
+        await stack.aclose()
+        self._listeners.clear()
+        self._nodes.clear()
+        self._call_table.clear()
+        logger.info("Gateway stopped")
+
+    async def __aenter__(self) -> Gateway:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    def serve(self) -> None:
+        """Serve until Ctrl+C or SIGTERM, then shut down gracefully."""
+        with console_logging():
+            anyio.run(self._serve_until_signal)
+
+    async def _serve_until_signal(self) -> None:
+        async with self:
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for signum in signals:
+                    logger.info("Received %s, shutting down", signal.Signals(signum).name)
+                    break
+
+    # -- sessions -------------------------------------------------------------------------
+
+    async def _handle_connection(self, connection: Connection) -> None:
+        try:
+            hello = await self._admission.receive_hello(connection)
+        except ProtocolError as exc:
+            logger.warning("Refused %s: ProtocolError: %s", connection.peer, exc)
+            await _send_quietly(connection, pb.Envelope(reject=pb.Reject(
+                reason=pb.Reject.REASON_PROTOCOL, message=str(exc), protocol_version=PROTOCOL_VERSION)))
+            return
+        except (TimeoutError, anyio.EndOfStream, EasyRemoteError):
+            return  # a peer that left or never spoke (e.g. a reachability check)
+        refusal = self._admission.check(hello)
+        if refusal is None:
+            credential = self._identities.authenticate(hello)
+            refusal = credential if isinstance(credential, pb.Reject) else None
+        if refusal is not None:
+            logger.warning("Refused %s from %s: %s", _role(hello), connection.peer, refusal.message)
+            await _send_quietly(connection, pb.Envelope(reject=refusal))
+            return
+        wait = self._admission.wait(hello.node_id if hello.role == pb.ROLE_NODE else "")
+        if wait > 0:
+            logger.info("Busy: asked %s to come back in %.1f s", _role(hello), wait)
+            await _send_quietly(connection, pb.Envelope(go_away=pb.GoAway(
+                retry_after_ms=int(wait * 1000), reason="gateway is busy accepting other peers")))
+            return
+        if hello.role == pb.ROLE_NODE:
+            await self._serve_node(connection, hello)
+        else:
+            await self._serve_client(connection, hello)
+
+    def _new_link(self, connection: Connection, hello: pb.Hello, on_frame: Callable[[pb.Envelope], None],
+                  name: str) -> Link:
+        timeout = max(self.heartbeat_timeout, 2 * hello.heartbeat_interval)
+        return Link(
+            connection,
+            on_frame=on_frame,
+            heartbeat_interval=hello.heartbeat_interval or 5.0,
+            heartbeat_timeout=timeout,
+            health_check_interval=timeout,
+            probes=[self.plugins.health_probe("heartbeat")],
+            send_heartbeats=False,
+            peer_name=name,
+            many_peers=True,
+        )
+
+    def _welcome(self, link: Link) -> None:
+        link.send(pb.Envelope(welcome=pb.Welcome(
+            protocol_version=PROTOCOL_VERSION, session_id=uuid.uuid4().hex,
+            gateway_id=self.gateway_id, max_message_size=self.max_message_size)))
+
+    async def _serve_node(self, connection: Connection, hello: pb.Hello) -> None:
+        session = NodeSession(link=None, peer=connection.peer, node_id=hello.node_id,  # type: ignore[arg-type]
+                              connected_at=anyio.current_time())
+        session.link = self._new_link(connection, hello, lambda envelope: self._on_node_frame(session, envelope),
+                                      f"node {hello.node_id}")
+        self._nodes.connect(session)
+        self._welcome(session.link)
+        logger.info("Node %s connected from %s", hello.node_id, connection.peer)
+        session.link.on_end = lambda reason: self._nodes.ended(session, reason)
+        await session.link.run()
+
+    async def _serve_client(self, connection: Connection, hello: pb.Hello) -> None:
+        client = Peer(link=None, peer=connection.peer)  # type: ignore[arg-type]
+        client.link = self._new_link(connection, hello, lambda envelope: self._on_client_frame(client, envelope),
+                                     f"client {connection.peer}")
+        self._welcome(client.link)
+        logger.debug("Client connected from %s", connection.peer)
+        client.link.on_end = lambda reason: self._call_table.client_ended(client)
+        await client.link.run()
+
+    # -- frames ---------------------------------------------------------------------------
+
+    def _on_node_frame(self, session: NodeSession, envelope: pb.Envelope) -> None:
+        kind = envelope.WhichOneof("body")
+        if kind == "register":
+            names = self._nodes.register(session, envelope.register)
+            session.link.send(pb.Envelope(registered=pb.Registered(functions=names)))
+        elif kind == "goodbye":
+            self._nodes.goodbye(session, envelope.goodbye.reason)
+        elif kind in ("result", "error", "item", "end"):
+            self._call_table.answer(session, envelope)
+        else:
+            logger.debug("Ignoring a %s frame from node %s", kind, session.node_id)
+
+    def _on_client_frame(self, client: Peer, envelope: pb.Envelope) -> None:
+        kind = envelope.WhichOneof("body")
+        if kind == "call":
+            self._call_table.accept(client, envelope.call)
+        elif kind == "cancel":
+            self._call_table.cancel(client, envelope.cancel)
+        elif kind == "list_nodes":
+            client.link.send(pb.Envelope(node_list=self._nodes.node_list(envelope.list_nodes.request_id)))
+        else:
+            logger.debug("Ignoring a %s frame from client %s", kind, client.peer)
+
+    # -- queries --------------------------------------------------------------------------
+
+    def nodes(self) -> dict[str, str]:
+        """``{node_id: state}`` of every node the gateway knows."""
+        return self._registry.states() if self._registry is not None else {}
+
+
+async def _send_quietly(connection: Connection, envelope: pb.Envelope) -> None:
+    try:
+        with anyio.move_on_after(2):
+            await connection.send(encode(envelope))
+    except (ConnectionLostError, EasyRemoteError):
+        pass
+
+
+def _role(hello: pb.Hello) -> str:
+    return f"node {hello.node_id!r}" if hello.role == pb.ROLE_NODE else "client"

@@ -1,0 +1,175 @@
+"""The node registry: the gateway's node sessions, their functions, and how long a lost one is kept."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from .._link import Link
+from .._protocol import pb
+
+if TYPE_CHECKING:
+    from .._plugins import PluginManager
+    from ._calls import Call
+
+logger = logging.getLogger("easyremote.gateway")
+
+
+@dataclass(eq=False)
+class Peer:
+    """One connected node or client."""
+
+    link: Link
+    peer: str
+    calls: dict[str, Call] = field(default_factory=dict)
+
+
+@dataclass(eq=False)
+class NodeSession(Peer):
+    node_id: str = ""
+    functions: dict[str, pb.FunctionSpec] = field(default_factory=dict)
+    max_queue_size: int = 1000
+    max_concurrency: int = 1
+    labels: Mapping[str, str] = field(default_factory=dict)
+    registered: bool = False
+    lost_at: float | None = None
+    connected_at: float = 0.0
+    forget_timer: anyio.CancelScope | None = None  # running while the gateway waits for it to return
+    leaving: str = ""  # why the node said goodbye; it gets no new calls and leaves once they are answered
+
+    @property
+    def state(self) -> str:
+        if self.lost_at is not None:
+            return "reconnecting"
+        if self.leaving:
+            return "leaving"
+        return "ready" if self.registered else "connecting"
+
+    @property
+    def in_flight(self) -> int:
+        return len(self.calls)
+
+    @property
+    def ready(self) -> bool:
+        return self.registered and self.lost_at is None and not self.leaving
+
+
+class Registry:
+    """The nodes a gateway knows: connected, reconnecting (within ``node_grace``) or leaving.
+
+    ``on_lost(session, reason)`` settles the calls of a session that ended; ``spawn`` starts
+    a task in the gateway's task group.
+    """
+
+    def __init__(self, *, gateway_id: str, node_grace: float, plugins: Callable[[], PluginManager],
+                 spawn: Callable[..., None], on_lost: Callable[[NodeSession, str], None]) -> None:
+        self.gateway_id = gateway_id
+        self.node_grace = node_grace
+        self._plugins = plugins
+        self._spawn = spawn
+        self._on_lost = on_lost
+        self.nodes: dict[str, NodeSession] = {}
+        self._changed = anyio.Event()
+
+    # -- changes --------------------------------------------------------------------------
+
+    async def wait_changed(self) -> None:
+        """Wait until a node registers, leaves or is forgotten."""
+        await self._changed.wait()
+
+    def changed(self) -> None:
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    def _notify(self, hook: str, **kwargs: Any) -> None:
+        self._plugins().notify(hook, gateway_id=self.gateway_id, **kwargs)
+
+    # -- sessions -------------------------------------------------------------------------
+
+    def connect(self, session: NodeSession) -> None:
+        """Make ``session`` the node's current one; an earlier session of the same node is replaced."""
+        old = self.nodes.get(session.node_id)
+        self.nodes[session.node_id] = session
+        if old is None:
+            return
+        reason = "replaced by a new session of the same node"
+        if old.lost_at is None and not old.leaving:
+            logger.warning("Node %s lost: %s", old.node_id, reason)
+            self._notify("easyremote_node_lost", node_id=old.node_id, reason=reason)
+        old.link.close(reason)
+        if old.forget_timer is not None:
+            old.forget_timer.cancel()
+        self._on_lost(old, "the node reconnected (its earlier session was replaced)")
+
+    def register(self, session: NodeSession, register: pb.Register) -> list[str]:
+        session.functions = {spec.name: spec for spec in register.functions}
+        session.max_queue_size = register.max_queue_size or 1000
+        session.max_concurrency = register.max_concurrency or 1
+        session.registered = True
+        names = sorted(session.functions)
+        logger.info("Node %s registered %d function(s): %s", session.node_id, len(names), ", ".join(names))
+        self._notify("easyremote_node_registered", node_id=session.node_id, functions=names)
+        self.changed()
+        return names
+
+    def goodbye(self, session: NodeSession, reason: str) -> None:
+        if session.leaving:
+            return
+        session.leaving = reason[:200] or "stopped"
+        if session.calls:
+            logger.info("Node %s is leaving (%s); waiting for its %d running call(s)",
+                        session.node_id, session.leaving, len(session.calls))
+        self.leave_when_idle(session)
+
+    def leave_when_idle(self, session: NodeSession) -> None:
+        """Close a leaving node's link once every call it had is answered."""
+        if session.leaving and not session.calls:
+            session.link.close(f"the node left ({session.leaving})")
+
+    def ended(self, session: NodeSession, reason: str) -> None:
+        """The session's link has ended: a leaving node is gone, any other is kept for ``node_grace``."""
+        current = self.nodes.get(session.node_id) is session
+        if session.leaving:
+            if current:
+                del self.nodes[session.node_id]
+                logger.info("Node %s left (%s)", session.node_id, session.leaving)
+                self._notify("easyremote_node_lost", node_id=session.node_id, reason=f"left ({session.leaving})")
+                self.changed()
+            self._on_lost(session, f"it stopped before answering ({session.leaving})")
+            return
+        if current:
+            session.lost_at = anyio.current_time()
+            logger.warning("Node %s lost: %s", session.node_id, reason)
+            self._notify("easyremote_node_lost", node_id=session.node_id, reason=reason)
+            self._spawn(self._forget_later, session)
+        self._on_lost(session, reason)
+
+    async def _forget_later(self, session: NodeSession) -> None:
+        with anyio.CancelScope() as session.forget_timer:
+            await anyio.sleep(self.node_grace)
+        if session.forget_timer.cancel_called:
+            return  # the node came back
+        if self.nodes.get(session.node_id) is session:
+            del self.nodes[session.node_id]
+            logger.info("Node %s did not come back within %g s; forgotten", session.node_id, self.node_grace)
+            self.changed()
+
+    def clear(self) -> None:
+        self.nodes.clear()
+
+    # -- queries --------------------------------------------------------------------------
+
+    def node_list(self, request_id: str) -> pb.NodeList:
+        now = anyio.current_time()
+        return pb.NodeList(request_id=request_id, nodes=[
+            pb.NodeInfo(node_id=n.node_id, functions=sorted(n.functions), state=n.state, in_flight=len(n.calls),
+                        max_queue_size=n.max_queue_size, connected_for=now - n.connected_at, peer=n.peer)
+            for n in self.nodes.values()
+        ])
+
+    def states(self) -> dict[str, str]:
+        return {node_id: node.state for node_id, node in self.nodes.items()}

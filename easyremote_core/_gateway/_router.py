@@ -1,0 +1,70 @@
+"""The route of one call: a node now, wait for one coming back, or an error for the caller."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import anyio
+
+from .._protocol import ErrorCode
+from .._routing import RoutingPolicy
+from ._registry import NodeSession, Registry
+
+
+@dataclass(frozen=True)
+class Routed:
+    """Send the call to this node now."""
+
+    node: NodeSession
+
+
+@dataclass(frozen=True)
+class Wait:
+    """A node that serves the function is coming back (or may, just after a start): wait for it."""
+
+
+@dataclass(frozen=True)
+class Refused:
+    """No node can take the call: answer the caller with this error."""
+
+    code: int
+    message: str
+
+
+Route = Routed | Wait | Refused
+
+
+class Router:
+    """Decides, for one call, between a node, waiting, and an error; the policy picks among ready nodes."""
+
+    def __init__(self, registry: Registry, policy: RoutingPolicy) -> None:
+        self.registry = registry
+        self.policy = policy
+        self.accepting_unknown_until = 0.0  # just after a start, unknown functions wait for nodes
+
+    def route(self, function: str, node_id: str = "") -> Route:
+        nodes = self.registry.nodes
+        fresh = anyio.current_time() < self.accepting_unknown_until
+        if node_id:
+            node = nodes.get(node_id)
+            if node is None:
+                return Wait() if fresh else Refused(ErrorCode.CODE_NO_NODE, f"node {node_id!r} is not connected")
+            if function not in node.functions:
+                return Refused(ErrorCode.CODE_NO_NODE, f"node {node_id!r} does not serve {function!r}")
+            candidates = [node]
+        else:
+            candidates = [n for n in nodes.values() if function in n.functions]
+        if not candidates:
+            return Wait() if fresh else Refused(ErrorCode.CODE_NO_NODE, f"no node serves {function!r}")
+        candidates = [n for n in candidates if not n.leaving]
+        if not candidates:
+            return Refused(ErrorCode.CODE_NO_NODE, f"no node serves {function!r} (its node is stopping)")
+        ready = [n for n in candidates if n.ready]
+        if not ready:
+            return Wait()
+        open_nodes = [n for n in ready if len(n.calls) < n.max_queue_size]
+        if not open_nodes:
+            return Refused(ErrorCode.CODE_NODE_BUSY,
+                           f"every node serving {function!r} has a full queue (max_queue_size)")
+        chosen = self.policy.choose(function, open_nodes) if len(open_nodes) > 1 else open_nodes[0]
+        return Routed(chosen)  # type: ignore[arg-type]

@@ -1,0 +1,90 @@
+"""Routing policies: which ready node runs a call. The interface, and the shipped ones as a built-in plugin."""
+
+from __future__ import annotations
+
+import random
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from typing import Protocol
+
+from .hookspecs import hookimpl
+
+#: Round-robin remembers the turn of at most this many functions.
+MAX_TRACKED_FUNCTIONS = 100_000
+
+
+class NodeLoad(Protocol):
+    """What a routing policy may look at of a candidate node."""
+
+    @property
+    def node_id(self) -> str: ...
+    @property
+    def in_flight(self) -> int: ...
+    @property
+    def max_concurrency(self) -> int: ...
+    @property
+    def labels(self) -> Mapping[str, str]: ...
+
+
+class RoutingPolicy(ABC):
+    """Picks one of the ready nodes that serve a function and have room in their queue.
+
+    ``choose`` is called on the gateway's event loop for every call; it must be quick and
+    must not block. ``candidates`` is never empty.
+    """
+
+    name: str = ""
+
+    @abstractmethod
+    def choose(self, function: str, candidates: Sequence[NodeLoad]) -> NodeLoad:
+        """Return one of ``candidates``."""
+
+
+class LeastLoaded(RoutingPolicy):
+    """The node with the lowest in-flight ÷ ``max_concurrency``; ties broken at random."""
+
+    name = "least-loaded"
+
+    def __init__(self, rng: random.Random | None = None) -> None:
+        self._rng = rng or random.Random()
+
+    def choose(self, function: str, candidates: Sequence[NodeLoad]) -> NodeLoad:
+        def load(node: NodeLoad) -> float:
+            return node.in_flight / max(node.max_concurrency, 1)
+
+        lowest = min(load(node) for node in candidates)
+        return self._rng.choice([node for node in candidates if load(node) == lowest])
+
+
+class RoundRobin(RoutingPolicy):
+    """Each function's calls go to its nodes in turn."""
+
+    name = "round-robin"
+
+    def __init__(self) -> None:
+        self._turns: dict[str, int] = {}
+
+    def choose(self, function: str, candidates: Sequence[NodeLoad]) -> NodeLoad:
+        turns = self._turns
+        if function not in turns and len(turns) >= MAX_TRACKED_FUNCTIONS:
+            turns.clear()  # bounded: forgetting the turns only restarts them
+        turn = turns.get(function, 0)
+        turns[function] = (turn + 1) % len(candidates)
+        return candidates[turn % len(candidates)]
+
+
+class Random(RoutingPolicy):
+    """Any candidate, uniformly."""
+
+    name = "random"
+
+    def __init__(self, rng: random.Random | None = None) -> None:
+        self._rng = rng or random.Random()
+
+    def choose(self, function: str, candidates: Sequence[NodeLoad]) -> NodeLoad:
+        return self._rng.choice(list(candidates))
+
+
+@hookimpl
+def easyremote_routing_policies() -> Mapping[str, Callable[[], RoutingPolicy]]:
+    return {policy.name: policy for policy in (LeastLoaded, RoundRobin, Random)}
