@@ -20,6 +20,7 @@ from ._errors import (
     StreamingFunctionError,
 )
 from ._plugins import PluginEntry, PluginManager, get_plugin_manager, reset_plugin_manager
+from ._heartbeat import HeartbeatProbe
 from ._probes import HealthProbe, LinkDead, LinkHealth
 from ._protocol import PROTOCOL_VERSION
 from ._reachability import wait_until_listening
@@ -39,6 +40,7 @@ __all__ = [
     "EasyRemoteError",
     "GatewayUnavailableError",
     "HealthProbe",
+    "HeartbeatProbe",
     "LinkDead",
     "LinkHealth",
     "LinkOptions",

@@ -8,10 +8,18 @@ from dataclasses import dataclass
 from ._errors import ConfigurationError
 
 
-def number(name: str, value: object, *, minimum: float | None = None, above: float | None = None) -> float:
-    """``value`` as a float; ``minimum`` is inclusive, ``above`` exclusive."""
+#: The ranges a peer may announce, and so the ranges a node or client may be configured with.
+HEARTBEAT_INTERVAL_RANGE = (0.01, 3600.0)
+HEARTBEAT_TIMEOUT_RANGE = (0.02, 86400.0)
+
+
+def number(name: str, value: object, *, minimum: float | None = None, above: float | None = None,
+           maximum: float | None = None) -> float:
+    """``value`` as a float; ``minimum`` and ``maximum`` are inclusive, ``above`` exclusive."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
         raise ConfigurationError(f"{name} must be a number, got {value!r}")
+    if maximum is not None and value > maximum:
+        raise ConfigurationError(f"{name} ({value:g}) must be at most {maximum:g}")
     if above is not None and not value > above:
         raise ConfigurationError(f"{name} ({value:g}) must be greater than {above:g}")
     if minimum is not None and value < minimum:
@@ -49,8 +57,10 @@ class LinkSettings:
             )
         if self.max_retry_attempts is not None:
             whole("max_retry_attempts", self.max_retry_attempts, minimum=1)
-        number("heartbeat_interval", self.heartbeat_interval, above=0)
-        number("heartbeat_timeout", self.heartbeat_timeout, above=0)
+        number("heartbeat_interval", self.heartbeat_interval, above=0, minimum=HEARTBEAT_INTERVAL_RANGE[0],
+               maximum=HEARTBEAT_INTERVAL_RANGE[1])
+        number("heartbeat_timeout", self.heartbeat_timeout, above=0, minimum=HEARTBEAT_TIMEOUT_RANGE[0],
+               maximum=HEARTBEAT_TIMEOUT_RANGE[1])
         if self.heartbeat_timeout <= self.heartbeat_interval:
             raise ConfigurationError(
                 f"heartbeat_timeout ({self.heartbeat_timeout:g}) must be greater than "

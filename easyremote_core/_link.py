@@ -19,6 +19,8 @@ from ._transport import Connection
 logger = logging.getLogger("easyremote.link")
 
 FrameHandler = Callable[[pb.Envelope], None]
+#: How long ``Link.close`` lets queued frames drain before it ends the link anyway.
+CLOSE_FLUSH_TIMEOUT = 2.0
 
 
 class Link:
@@ -127,8 +129,20 @@ class Link:
         return self.end_reason
 
     def close(self, reason: str) -> None:
-        """End the link; ``run`` returns ``reason``."""
+        """End the link once the frames queued so far are written (at most ``CLOSE_FLUSH_TIMEOUT``
+        seconds); ``run`` returns ``reason``."""
         self._orderly = True
+        if not self.end_reason:
+            self.end_reason = reason
+        tg = self._task_group
+        if self._send_nowait is not None or tg is None or tg.cancel_scope.cancel_called or self.ended.is_set():
+            self._end(reason)  # a connection that queues frames itself writes them in its aclose()
+            return
+        self._outbox_in.close()  # the sender ends the link once it has written what is queued
+        self._task_group.start_soon(self._end_after, CLOSE_FLUSH_TIMEOUT, reason)
+
+    async def _end_after(self, delay: float, reason: str) -> None:
+        await anyio.sleep(delay)
         self._end(reason)
 
     def _end(self, reason: str) -> None:
@@ -148,7 +162,7 @@ class Link:
                 while True:
                     try:
                         frames.append(outbox.receive_nowait())
-                    except anyio.WouldBlock:
+                    except (anyio.WouldBlock, anyio.EndOfStream):
                         break
                 if len(frames) == 1:
                     await self._send_one(frame)
@@ -160,6 +174,8 @@ class Link:
                         await self._send_one(frame)
         except EasyRemoteError as exc:
             self._end(_describe(exc))
+        else:  # close() closed the queue and everything in it is written
+            self._end(self.end_reason)
 
     async def _send_one(self, frame: bytes) -> None:
         try:
@@ -206,8 +222,10 @@ class Link:
             await probe.watch(self.health)
         except LinkDead as exc:
             self._end(str(exc) or f"{probe.name} probe declared the link dead")
-        except Exception:  # a broken probe stops watching; it does not take the link down
-            logger.exception("health probe %r failed and stopped watching %s", probe.name, self.health.peer_name)
+        except Exception as exc:  # fail closed: a link nothing watches could hang for ever
+            logger.error("Health probe %r failed on %s, ending the link: %s: %s", probe.name,
+                         self.health.peer_name, type(exc).__name__, exc)
+            self._end(f"health probe {probe.name!r} failed: {type(exc).__name__}: {exc}")
 
 
 def _describe(exc: BaseException) -> str:

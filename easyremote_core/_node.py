@@ -23,7 +23,7 @@ import anyio.to_thread
 
 from ._address import parse_address
 from ._config import LinkSettings, number, whole
-from ._errors import ConfigurationError, EasyRemoteError
+from ._errors import ConfigurationError, EasyRemoteError, ProtocolError
 from ._link import Link
 from ._logs import console_logging
 from ._plugins import PluginManager, get_plugin_manager
@@ -143,6 +143,7 @@ class ComputeNode:
         self._idle: anyio.Event | None = None  # set when the last running call ends while draining
         self._busy_threads: set[str] = set()  # call ids whose sync code runs in a worker thread now
         self._last_error = ""
+        self._refusal: str | None = None  # why the gateway refused the last registration
         # Diagnostics the reconnection guide shows (kept in step with the supervisor).
         self._active_executions: dict[str, _Execution] = {}
         self._execution_tasks: dict[str, anyio.CancelScope] = {}
@@ -361,8 +362,11 @@ class ComputeNode:
 
     async def _establish(self, link: Link) -> None:
         self._registered = anyio.Event()
+        self._refusal = None
         link.send(self._register_frame())
         await self._registered.wait()
+        if self._refusal is not None:
+            raise ProtocolError(f"the gateway refused the registration of node {self.node_id}: {self._refusal}")
         logger.info("Registered to VPS successfully")
 
     def _on_link_lost(self, reason: str) -> None:
@@ -381,7 +385,9 @@ class ComputeNode:
             execution = self._active_executions.get(envelope.cancel.call_id)
             if execution is not None:
                 execution.scope.cancel()
-        elif kind == "registered":
+        elif kind in ("registered", "reject"):
+            if kind == "reject":
+                self._refusal = envelope.reject.message or "no reason given"
             if self._registered is not None:
                 self._registered.set()
         elif kind == "go_away":

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 import pluggy
 
-from . import _routing, hookspecs
+from . import _heartbeat, _routing, hookspecs
 from ._errors import PluginNotFoundError
 from ._probes import HealthProbe
 from ._retry import RetryPolicy
@@ -42,7 +42,7 @@ _KINDS = {
 
 #: Parts of the core registered as plugins of their own, like pytest's built-in plugins.
 #: They are always there: ``$EASYREMOTE_DISABLE_PLUGINS`` names entry points only.
-BUILTIN_PLUGINS = {"easyremote.routing": _routing}
+BUILTIN_PLUGINS = {"easyremote.liveness": _heartbeat, "easyremote.routing": _routing}
 
 
 class PluginManager(pluggy.PluginManager):

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 
 from ._address import Address
 from ._config import LinkSettings
+from ._heartbeat import HeartbeatProbe
 from ._plugins import PluginManager
 from ._probes import HealthProbe
 from ._retry import RetryPolicy
@@ -51,9 +52,14 @@ def resolve_policy(
 def resolve_probes(
     plugins: PluginManager, choice: Iterable[str | HealthProbe] | None, transport: Transport
 ) -> list[HealthProbe]:
+    """The probes of a link; the core's heartbeat watch is always among them (liveness cannot be switched off)."""
     if choice is None:
-        return [*transport.default_probes(), plugins.health_probe("heartbeat")]
-    return [item if isinstance(item, HealthProbe) else plugins.health_probe(item) for item in choice]
+        probes = [*transport.default_probes()]
+    else:
+        probes = [item if isinstance(item, HealthProbe) else plugins.health_probe(item) for item in choice]
+    if not any(isinstance(probe, HeartbeatProbe) for probe in probes):
+        probes.append(HeartbeatProbe())
+    return probes
 
 
 def resolve_link_plugins(

@@ -226,6 +226,7 @@ class ConnectionSupervisor:
             peer_name=f"gateway {self.address}",
         )
         established = False
+        refusal: EasyRemoteError | None = None
         self.link = link  # frames that arrive while establishing are handled on this link
 
         def ended(reason: str) -> None:  # runs the moment the link ends, before its connection closes
@@ -247,9 +248,15 @@ class ConnectionSupervisor:
                 tg.start_soon(serve_link)
                 registered = True
                 if self._establish is not None:
-                    # Raising here would reach the caller wrapped in an ExceptionGroup: end the link instead.
+                    # Raising here would reach the caller wrapped in an ExceptionGroup: end the link
+                    # instead, and raise a refusal once the task group is closed.
                     with anyio.move_on_after(max(deadline.deadline - anyio.current_time(), 0.001)) as timer:
-                        await self._establish(link)
+                        try:
+                            await self._establish(link)
+                        except (AuthenticationError, ProtocolError, ConfigurationError) as exc:
+                            refusal = exc
+                            registered = False
+                            link.close(str(exc))
                     if timer.cancelled_caught:
                         registered = False
                         link.close("timed out registering with the gateway")
@@ -262,6 +269,8 @@ class ConnectionSupervisor:
         finally:
             if self.link is link:
                 self.link = None
+        if refusal is not None:
+            raise refusal
         if not established:
             raise ConnectionLostError(link.end_reason or "the link ended before the gateway accepted it")
         return link.end_reason or "connection closed"

@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
+import math
 import random
 
 import anyio
 
+from .._config import HEARTBEAT_INTERVAL_RANGE, HEARTBEAT_TIMEOUT_RANGE
 from .._errors import ProtocolError
 from .._protocol import decode, pb
 from .._transport import Connection
+
+
+#: The longest node_id, function name or software string a peer may announce.
+MAX_NAME = 200
+
+
+def valid_name(name: str) -> bool:
+    """1 to ``MAX_NAME`` printable characters."""
+    return 0 < len(name) <= MAX_NAME and name.isprintable()
+
+
+def _bad(message: str, reason: int = pb.Reject.REASON_BAD_REQUEST) -> pb.Reject:
+    return pb.Reject(reason=reason, message=message)
 
 
 class Admission:
@@ -39,11 +54,22 @@ class Admission:
         return envelope.hello
 
     def check(self, hello: pb.Hello) -> pb.Reject | None:
-        """What is wrong with a hello, as a refusal; ``None`` when it is acceptable."""
+        """What is wrong with a hello, as a refusal; ``None`` when it is acceptable.
+
+        Every value a peer announces must lie in a finite range: a heartbeat interval of
+        ``inf`` would leave its link unwatched for ever.
+        """
         if hello.role not in (pb.ROLE_NODE, pb.ROLE_CLIENT):
-            return pb.Reject(reason=pb.Reject.REASON_PROTOCOL, message="hello names no role (node or client)")
-        if hello.role == pb.ROLE_NODE and (not hello.node_id or len(hello.node_id) > 200):
-            return pb.Reject(reason=pb.Reject.REASON_BAD_REQUEST, message="a node needs a node_id of 1-200 characters")
+            return _bad("hello names no role (node or client)", pb.Reject.REASON_PROTOCOL)
+        if hello.role == pb.ROLE_NODE and not valid_name(hello.node_id):
+            return _bad(f"a node needs a node_id of 1-{MAX_NAME} printable characters")
+        for field, (low, high) in (("heartbeat_interval", HEARTBEAT_INTERVAL_RANGE),
+                                   ("heartbeat_timeout", HEARTBEAT_TIMEOUT_RANGE)):
+            value = getattr(hello, field)
+            if value != 0 and not (math.isfinite(value) and low <= value <= high):  # 0: not announced
+                return _bad(f"{field} ({value:g}) must be between {low:g} and {high:g} seconds")
+        if len(hello.software) > MAX_NAME:
+            return _bad(f"software must be at most {MAX_NAME} characters")
         return None
 
     def wait(self, node_id: str) -> float:

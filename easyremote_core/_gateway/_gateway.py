@@ -16,6 +16,7 @@ from anyio.abc import TaskGroup
 from .._address import parse_address
 from .._config import number, whole
 from .._errors import ConfigurationError, ConnectionLostError, EasyRemoteError, ProtocolError
+from .._heartbeat import HeartbeatProbe
 from .._link import Link
 from .._logs import console_logging
 from .._plugins import PluginManager, get_plugin_manager
@@ -56,6 +57,7 @@ class Gateway:
         startup_grace: float | None = None,
         handshake_timeout: float = 10.0,
         max_handshake_rate: float = 500.0,
+        max_functions: int = 10_000,
         routing: str | RoutingPolicy | None = None,
         tls: TLSConfig | None = None,
         plugins: PluginManager | None = None,
@@ -73,6 +75,7 @@ class Gateway:
         self.handshake_timeout = number("handshake_timeout", handshake_timeout, above=0)
         self.max_message_size = whole("max_message_size", max_message_size, minimum=1024)
         self.max_handshake_rate = number("max_handshake_rate", max_handshake_rate, minimum=1)
+        self.max_functions = whole("max_functions", max_functions, minimum=1)
         self._identities = Identities(auth_token)
         self._transport_choice = transport
         self.transport_name = transport_name(transport)
@@ -175,6 +178,7 @@ class Gateway:
     def _make_rooms(self) -> None:
         self._admission.start()
         self._registry = Registry(gateway_id=self.gateway_id, node_grace=self.node_grace,
+                                  max_functions=self.max_functions,
                                   plugins=lambda: self.plugins, spawn=self._spawn,
                                   on_lost=lambda session, reason: self._call_table.node_lost(session, reason))
         self._router = Router(self._registry, self._routing)
@@ -274,7 +278,7 @@ class Gateway:
             heartbeat_interval=hello.heartbeat_interval or 5.0,
             heartbeat_timeout=timeout,
             health_check_interval=timeout,
-            probes=[self.plugins.health_probe("heartbeat")],
+            probes=[HeartbeatProbe()],
             send_heartbeats=False,
             peer_name=name,
             many_peers=True,
@@ -310,6 +314,13 @@ class Gateway:
     def _on_node_frame(self, session: NodeSession, envelope: pb.Envelope) -> None:
         kind = envelope.WhichOneof("body")
         if kind == "register":
+            problem = self._nodes.check(envelope.register)
+            if problem:
+                logger.warning("Refused the registration of node %s: %s", session.node_id, problem)
+                session.link.send(pb.Envelope(reject=pb.Reject(reason=pb.Reject.REASON_BAD_REQUEST,
+                                                               message=problem)))
+                session.link.close(f"registration refused: {problem}")
+                return
             names = self._nodes.register(session, envelope.register)
             session.link.send(pb.Envelope(registered=pb.Registered(functions=names)))
         elif kind == "goodbye":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -11,12 +12,18 @@ import anyio
 
 from .._link import Link
 from .._protocol import pb
+from ._admission import MAX_NAME, valid_name
 
 if TYPE_CHECKING:
     from .._plugins import PluginManager
     from ._calls import Call
 
 logger = logging.getLogger("easyremote.gateway")
+
+#: Bounds of what a node may announce in its registration.
+MAX_QUEUE_SIZE = 1_000_000
+MAX_CONCURRENCY = 100_000
+MAX_SECONDS = 30 * 86400.0
 
 
 @dataclass(eq=False)
@@ -65,10 +72,12 @@ class Registry:
     a task in the gateway's task group.
     """
 
-    def __init__(self, *, gateway_id: str, node_grace: float, plugins: Callable[[], PluginManager],
-                 spawn: Callable[..., None], on_lost: Callable[[NodeSession, str], None]) -> None:
+    def __init__(self, *, gateway_id: str, node_grace: float, max_functions: int,
+                 plugins: Callable[[], PluginManager], spawn: Callable[..., None],
+                 on_lost: Callable[[NodeSession, str], None]) -> None:
         self.gateway_id = gateway_id
         self.node_grace = node_grace
+        self.max_functions = max_functions
         self._plugins = plugins
         self._spawn = spawn
         self._on_lost = on_lost
@@ -105,7 +114,23 @@ class Registry:
             old.forget_timer.cancel()
         self._on_lost(old, "the node reconnected (its earlier session was replaced)")
 
+    def check(self, register: pb.Register) -> str:
+        """What is wrong with a registration, in words; empty when it is acceptable."""
+        if len(register.functions) > self.max_functions:
+            return f"{len(register.functions)} functions are more than max_functions ({self.max_functions})"
+        for spec in register.functions:
+            if not valid_name(spec.name):
+                return f"function name {spec.name[:40]!r} must be 1-{MAX_NAME} printable characters"
+            if not (math.isfinite(spec.timeout) and 0 <= spec.timeout <= MAX_SECONDS):
+                return f"the timeout of {spec.name} ({spec.timeout:g}) must be between 0 and {MAX_SECONDS:g} s"
+        if register.max_queue_size > MAX_QUEUE_SIZE:
+            return f"max_queue_size ({register.max_queue_size}) must be at most {MAX_QUEUE_SIZE}"
+        if register.max_concurrency > MAX_CONCURRENCY:
+            return f"max_concurrency ({register.max_concurrency}) must be at most {MAX_CONCURRENCY}"
+        return ""
+
     def register(self, session: NodeSession, register: pb.Register) -> list[str]:
+        """Put a checked registration in force (it replaces the session's earlier one)."""
         session.functions = {spec.name: spec for spec in register.functions}
         session.max_queue_size = register.max_queue_size or 1000
         session.max_concurrency = register.max_concurrency or 1
@@ -133,6 +158,13 @@ class Registry:
     def ended(self, session: NodeSession, reason: str) -> None:
         """The session's link has ended: a leaving node is gone, any other is kept for ``node_grace``."""
         current = self.nodes.get(session.node_id) is session
+        if not session.registered:  # it never served anything: nothing to wait for
+            if current:
+                del self.nodes[session.node_id]
+                self.changed()
+            logger.debug("Node %s left before registering: %s", session.node_id, reason)
+            self._on_lost(session, reason)
+            return
         if session.leaving:
             if current:
                 del self.nodes[session.node_id]

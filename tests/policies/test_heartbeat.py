@@ -10,7 +10,7 @@ import anyio
 import pytest
 from trio.testing import MockClock
 
-import easyremote_policies._heartbeat as heartbeat_module
+import easyremote_core._heartbeat as heartbeat_module
 
 from easyremote_core import LinkDead, LinkHealth, get_plugin_manager
 from easyremote_policies import HeartbeatProbe

@@ -42,9 +42,12 @@ def test_the_heartbeat_probe_resolves_by_name() -> None:
 def test_the_plugins_come_from_the_installed_distribution() -> None:
     manager = get_plugin_manager()
     entries = {**manager.entries("retry policy"), **manager.entries("health probe")}
-    for name in ["exponential", "full-jitter", "decorrelated-jitter", "constant", "heartbeat"]:
+    for name in ["exponential", "full-jitter", "decorrelated-jitter", "constant"]:
         assert entries[name].plugin == "policies"
         assert entries[name].distribution.startswith("easyremote ")
+    # Liveness is built into the core, not a plugin that could be left out.
+    assert entries["heartbeat"].plugin == "easyremote.liveness"
+    assert entries["heartbeat"].distribution.startswith("easyremote ")
 
 
 def test_an_unknown_policy_lists_the_shipped_ones() -> None:

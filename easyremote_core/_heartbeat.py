@@ -1,4 +1,4 @@
-"""The heartbeat probe: a link that has been silent for ``heartbeat_timeout`` seconds is dead."""
+"""Liveness, part of the core: a link that has been silent for ``heartbeat_timeout`` seconds is dead."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import math
 
 import anyio
 
-from easyremote_core import HealthProbe, LinkDead, LinkHealth
+from ._probes import HealthProbe, LinkDead, LinkHealth
+from .hookspecs import hookimpl
 
 # Not __name__: users configure the ``easyremote`` logger, and the guide's
 # "Heartbeat timeout: …" line must reach it.
@@ -44,3 +45,9 @@ class HeartbeatProbe(HealthProbe):
             else:
                 logger.warning("Heartbeat timeout: %.1fs > %gs", elapsed, timeout)
             raise LinkDead("Heartbeat timeout detected")
+
+
+@hookimpl
+def easyremote_health_probes() -> dict[str, type[HealthProbe]]:
+    """The heartbeat probe, built in: no plugin setting can take liveness away."""
+    return {HeartbeatProbe.name: HeartbeatProbe}
