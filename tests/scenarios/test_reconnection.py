@@ -210,7 +210,7 @@ def hung_options(transport: str) -> dict:
     return {**HUNG, "transport": UnawareTcpTransport() if transport == "tcp-unaware" else transport}
 
 
-@pytest.mark.parametrize("transport", ["tcp", "tcp-unaware"])
+@pytest.mark.parametrize("transport", ["grpc", "tcp", "tcp-unaware"])
 async def test_a_hung_gateway_that_wakes_up_is_used_at_once(transport: str, timeline) -> None:
     wire = transport.split("-")[0]
     with gateway_process(wire) as gateway:
