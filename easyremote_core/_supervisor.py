@@ -157,8 +157,10 @@ class ConnectionSupervisor:
         """Stay connected until cancelled; raise ``GatewayUnavailableError`` when retries run out.
 
         ``AuthenticationError`` and ``ProtocolError`` from the gateway end the run at
-        once: retrying cannot help.
+        once: retrying cannot help. The last state change, to ``closed``, carries the
+        reason "stopped" when the run was cancelled, else the error that ended it.
         """
+        reason = "stopped"
         try:
             failure: Exception | None = None
             async with anyio.create_task_group() as attempts:
@@ -169,9 +171,14 @@ class ConnectionSupervisor:
                 attempts.cancel_scope.cancel()  # an attempt still waiting for its answer ends with the run
             if failure is not None:
                 raise failure
+        except (anyio.get_cancelled_exc_class(), KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            reason = str(exc) or type(exc).__name__
+            raise
         finally:
             self.link = None
-            self._set_state(ConnectionState.CLOSED, self.last_error)
+            self._set_state(ConnectionState.CLOSED, reason)
             self._ready.set()  # wake waiters: they see CLOSED
 
     async def _supervise(self, attempts: TaskGroup) -> None:
