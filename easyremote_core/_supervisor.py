@@ -101,7 +101,8 @@ class ConnectionSupervisor:
         self.state = ConnectionState.IDLE
         self.link: Link | None = None
         self.welcome: pb.Welcome | None = None
-        self.reconnect_count = 0
+        self.reconnect_count = 0  # sessions established after an earlier one ended
+        self.reconnect_attempts = 0  # attempts to reconnect ("Attempting to reconnect...")
         self.sessions = 0
         self.last_error = ""
         self.fatal_error: EasyRemoteError | None = None  # why run() stopped for good
@@ -192,7 +193,7 @@ class ConnectionSupervisor:
             if answered_late is None:
                 if failures:
                     self._log.info("Attempting to reconnect...")
-                    self.reconnect_count += 1
+                    self.reconnect_attempts += 1
                 self._log.info("%s service (attempt %d)", self.role.capitalize(), failures + 1)
                 attempt = _Attempt()
                 attempts.start_soon(self._run_attempt, attempt, label)
@@ -312,6 +313,8 @@ class ConnectionSupervisor:
                         link.close("timed out registering with the gateway")
                 if registered and not link.ended.is_set():
                     established = True
+                    if self.sessions:
+                        self.reconnect_count += 1
                     self.sessions += 1
                     self.connected_at = anyio.current_time()
                     self.policy.reset()

@@ -1,4 +1,4 @@
-"""What the last state change says when a node or client stops, against a real gateway process."""
+"""What the counters and the last state change say, across real gateway restarts, outages and stops."""
 
 from __future__ import annotations
 
@@ -33,6 +33,48 @@ class States:
     @property
     def last(self) -> tuple[str, str]:
         return self.seen[-1]
+
+
+def attempts_logged(timeline, peer: str, after: float) -> int:
+    return sum(line == "Attempting to reconnect..." for _, line in timeline.lines(peer, after=after))
+
+
+async def test_the_counters_across_an_outage_and_two_gateway_restarts(timeline) -> None:
+    with gateway_process("grpc") as gateway:
+        address = f"grpc://{gateway.address}"
+        node = scenario_node(address, **QUICK)
+        async with node:
+            await node.wait_ready()
+            async with AsyncClient(address, timeout=10, **QUICK) as client:
+                await client.wait_ready()
+                assert await client.execute("add", 1, 2) == 3
+                start = node.status()
+                assert (start.reconnect_count, start.reconnect_attempts) == (0, 0)
+                assert (client.reconnect_count, client.reconnect_attempts) == (0, 0)
+
+                for restart in (1, 2):
+                    killed = anyio.current_time()
+                    await in_thread(gateway.kill)
+                    # an outage with several failed attempts: none of them is a reconnection
+                    for peer in ("easyremote.node", "easyremote.client"):
+                        await timeline.wait_for("(attempt 4/∞)", after=killed, logger=peer)
+                    status = node.status()
+                    assert status.state == "reconnecting" and status.reconnect_count == restart - 1
+                    assert status.reconnect_attempts >= 3 and client.reconnect_attempts >= 3
+                    assert node._reconnect_count == restart - 1 and client.reconnect_count == restart - 1
+
+                    await in_thread(gateway.restart)
+                    with anyio.fail_after(10):
+                        await node.wait_ready()
+                        await client.wait_ready()
+                    assert await client.execute("add", restart, 1) == restart + 1
+                    assert node.status().reconnect_count == node._reconnect_count == restart
+                    assert client.reconnect_count == restart
+
+                status = node.status()
+                assert status.reconnect_attempts == attempts_logged(timeline, "easyremote.node", 0)
+                assert client.reconnect_attempts == attempts_logged(timeline, "easyremote.client", 0)
+                assert status.reconnect_attempts >= 6
 
 
 async def test_stopping_a_node_or_closing_a_client_ends_with_reason_stopped(timeline) -> None:
