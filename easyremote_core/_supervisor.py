@@ -61,6 +61,9 @@ class ConnectionSupervisor:
 
     ``establish`` runs on every new link before it counts as ready (a node
     registers its functions there); the backoff resets only after it succeeds.
+    An attempt with no answer within ``connection_timeout`` counts as failed but
+    goes on waiting through the backoff that follows: a gateway that answers
+    then (one that hung and woke up) is used at once.
     """
 
     def __init__(
