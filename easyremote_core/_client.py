@@ -161,6 +161,16 @@ class AsyncClient:
     def state(self) -> ConnectionState:
         return self._supervisor.state if self._supervisor is not None else ConnectionState.IDLE
 
+    @property
+    def reconnect_count(self) -> int:
+        """Reconnections that succeeded: sessions established after an earlier one ended."""
+        return self._supervisor.reconnect_count if self._supervisor is not None else 0
+
+    @property
+    def reconnect_attempts(self) -> int:
+        """Attempts to reconnect, successful or not (each "Attempting to reconnect...")."""
+        return self._supervisor.reconnect_attempts if self._supervisor is not None else 0
+
     async def wait_ready(self) -> None:
         await self._link()
 
@@ -439,6 +449,14 @@ class Client:
     @property
     def state(self) -> ConnectionState:
         return self._client.state
+
+    @property
+    def reconnect_count(self) -> int:
+        return self._client.reconnect_count
+
+    @property
+    def reconnect_attempts(self) -> int:
+        return self._client.reconnect_attempts
 
     def execute(self, function: str, *args: Any, node_id: str | None = None, timeout: float | None = None,
                 **kwargs: Any) -> Any:

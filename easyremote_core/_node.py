@@ -64,7 +64,8 @@ class NodeStatus:
     node_id: str
     state: str
     connection_healthy: bool
-    reconnect_count: int
+    reconnect_count: int  # reconnections that succeeded: sessions established after an earlier one ended
+    reconnect_attempts: int  # attempts to reconnect, each "Attempting to reconnect..."
     last_heartbeat_time: float | None
     active_executions: int
     registered_functions: tuple[str, ...]
@@ -547,7 +548,13 @@ class ComputeNode:
 
     @property
     def _reconnect_count(self) -> int:
+        """Reconnections that succeeded."""
         return self._latest.reconnect_count if self._latest is not None else 0
+
+    @property
+    def _reconnect_attempts(self) -> int:
+        """Attempts to reconnect, successful or not."""
+        return self._latest.reconnect_attempts if self._latest is not None else 0
 
     @property
     def _last_heartbeat_time(self) -> float | None:
@@ -562,7 +569,8 @@ class ComputeNode:
         supervisor = self._latest
         return NodeStatus(
             node_id=self.node_id, state=self.state.value, connection_healthy=self._connection_healthy,
-            reconnect_count=self._reconnect_count, last_heartbeat_time=self._last_heartbeat_time,
+            reconnect_count=self._reconnect_count, reconnect_attempts=self._reconnect_attempts,
+            last_heartbeat_time=self._last_heartbeat_time,
             active_executions=len(self._active_executions), registered_functions=tuple(sorted(self._functions)),
             last_error=(supervisor.last_error if supervisor is not None else "") or self._last_error,
             gateway=str(self.address),
