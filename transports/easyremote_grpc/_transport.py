@@ -28,6 +28,7 @@ from easyremote_core import (
 )
 
 from . import _options
+from ._channel import ChannelStateWatch
 from ._connection import ClientConnection, ServerConnection, describe_rpc_error
 from ._probe import GrpcChannelStateProbe
 
@@ -83,20 +84,22 @@ class GrpcTransport(Transport):
         if tls is not None:
             if tls.server_hostname:
                 args.append(("grpc.ssl_target_name_override", tls.server_hostname))
-            channel = grpc.aio.secure_channel(target, _options.channel_credentials(tls), options=args)
+            channel = ChannelStateWatch(
+                grpc.aio.secure_channel(target, _options.channel_credentials(tls), options=args))
         else:
-            channel = grpc.aio.insecure_channel(target, options=args)
+            channel = ChannelStateWatch(grpc.aio.insecure_channel(target, options=args))
         try:
             with anyio.fail_after(options.connect_timeout):
                 await _wait_until_ready(channel, target)
                 announce = ((_options.MAX_MESSAGE_SIZE_KEY, str(options.max_message_size)),)
-                call = channel.stream_stream(_options.LINK_METHOD)(wait_for_ready=False, metadata=announce)
+                link = channel.channel.stream_stream(_options.LINK_METHOD)
+                call = link(wait_for_ready=False, metadata=announce)
                 await _wait_until_accepted(call, target)
                 peer_max = _options.peer_limit(await call.initial_metadata(), options.max_message_size)
         except BaseException as exc:
             state = channel.get_state()
             with anyio.CancelScope(shield=True):
-                await channel.close(grace=None)
+                await channel.close()
             if isinstance(exc, TimeoutError):
                 raise GatewayUnavailableError(
                     f"cannot reach gateway at {target}: no link within connect_timeout "
@@ -221,7 +224,7 @@ class GrpcListener(Listener):
             self._stopped.set()
 
 
-async def _wait_until_ready(channel: grpc.aio.Channel, target: str) -> None:
+async def _wait_until_ready(channel: ChannelStateWatch, target: str) -> None:
     """Wait for READY; fail at the first TRANSIENT_FAILURE (the caller's retry policy owns retries)."""
     state = channel.get_state(try_to_connect=True)
     while state is not _State.READY:
@@ -233,9 +236,9 @@ async def _wait_until_ready(channel: grpc.aio.Channel, target: str) -> None:
         state = channel.get_state(try_to_connect=True)
 
 
-async def _failure_reason(channel: grpc.aio.Channel) -> str:
+async def _failure_reason(channel: ChannelStateWatch) -> str:
     """gRPC tells why a channel failed only through a call: ask one that fails at once."""
-    call = channel.stream_stream(_options.LINK_METHOD)(wait_for_ready=False)
+    call = channel.channel.stream_stream(_options.LINK_METHOD)(wait_for_ready=False)
     try:
         await call.read()
     except grpc.aio.AioRpcError as exc:
