@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import signal
@@ -339,8 +340,10 @@ async def test_closed_port_is_unavailable_at_once() -> None:
 
 async def test_port_taken_raises_oserror() -> None:
     async with serving(echo) as listener:
-        with pytest.raises(OSError):
+        with pytest.raises(OSError) as caught:
             await GrpcTransport().listen(LOCAL, listener.port, LinkOptions())
+    assert caught.value.errno == errno.EADDRINUSE
+    assert f"port {listener.port} on {LOCAL} is already in use" in str(caught.value)
 
 
 async def test_health_service_answers_serving() -> None:
@@ -604,3 +607,15 @@ async def test_event_loops_coming_and_going_print_no_noise(transport_name: str) 
     assert stdout.splitlines() == ["sessions [100, 101, 102]", "threads [10, 11, 12, 13, 20, 21]", "done"]
     noise = [line for line in stderr.splitlines() if any(word in line for word in _NOISE)]
     assert not noise, stderr
+
+
+async def test_a_listener_stopped_while_its_server_starts_closes_cleanly() -> None:
+    """grpc.aio's server start, cancelled half-way, left its serving task failing with
+    InvalidStateError, which server.stop() raised (a gateway stopped just after it started)."""
+    listener = await GrpcTransport().listen(LOCAL, 0, LinkOptions())
+    with anyio.fail_after(TIMEOUT):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(listener.serve, echo)
+            await anyio.sleep(0)  # serve() is now inside the server's start
+            tg.cancel_scope.cancel()
+        await listener.aclose()
