@@ -27,7 +27,7 @@ from ._errors import (
     MessageTooLargeError,
     StreamingFunctionError,
 )
-from ._host import HostTask
+from ._backend import HostTask
 from ._link import Link
 from ._node import ENVELOPE_OVERHEAD, TOKEN_ENV
 from ._plugins import PluginManager, get_plugin_manager

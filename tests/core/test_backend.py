@@ -1,16 +1,20 @@
-"""Host tasks, and the AsyncClient's explicit start()/aclose() from anywhere a user calls them."""
+"""Backend helpers (host tasks, thread-safe calls), and AsyncClient's start()/aclose() from anywhere."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+import functools
+
 import anyio
 import anyio.abc
+import anyio.lowlevel
+import anyio.to_thread
 import pytest
 
 from easyremote import AsyncClient, ComputeNode, Gateway
 from easyremote.errors import GatewayUnavailableError
-from easyremote_core._host import HostTask
+from easyremote_core._backend import HostTask, call_soon_threadsafe
 
 from .conftest import address, running_node
 
@@ -92,6 +96,27 @@ async def test_aclose_right_after_spawn_cancels_before_the_work_starts() -> None
     with anyio.fail_after(10):
         await host.aclose()
     assert not ran and not host.running
+
+
+# -- call_soon_threadsafe ---------------------------------------------------------------
+
+
+async def test_call_soon_threadsafe_runs_the_function_in_the_loop() -> None:
+    token = anyio.lowlevel.current_token()
+    ran = anyio.Event()
+    assert await anyio.to_thread.run_sync(call_soon_threadsafe, token, ran.set)
+    with anyio.fail_after(10):
+        await ran.wait()
+
+
+async def _current_token() -> anyio.lowlevel.EventLoopToken:
+    return anyio.lowlevel.current_token()
+
+
+async def test_call_soon_threadsafe_to_a_finished_loop_returns_false(anyio_backend: str) -> None:
+    run = functools.partial(anyio.run, _current_token, backend=anyio_backend)
+    finished = await anyio.to_thread.run_sync(run)  # the token of a loop that has finished
+    assert call_soon_threadsafe(finished, lambda: None) is False
 
 
 # -- AsyncClient ------------------------------------------------------------------------
