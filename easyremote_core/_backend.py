@@ -111,3 +111,11 @@ def call_soon_threadsafe(token: anyio.lowlevel.EventLoopToken, func: Callable[[]
     except RuntimeError:  # asyncio: "Event loop is closed"; trio: RunFinishedError
         return False
     return True
+
+
+def off_loop(token: anyio.lowlevel.EventLoopToken) -> bool:
+    """Whether the caller runs outside the event loop that ``token`` names (another thread or loop)."""
+    try:
+        return anyio.lowlevel.current_token() != token
+    except RuntimeError:  # no event loop in this thread
+        return True

@@ -30,6 +30,7 @@ from ._probes import HealthProbe
 from ._protocol import ErrorCode, dump_value, error_frame, exception_frame, load_arguments, pb
 from ._resolve import resolve_link_plugins
 from ._retry import RetryPolicy
+from ._serving import in_main_thread, run_blocking
 from ._supervisor import ConnectionState, ConnectionSupervisor, StateCallback
 from ._transport import DEFAULT_MAX_MESSAGE_SIZE, LinkOptions, TLSConfig, Transport
 
@@ -183,12 +184,15 @@ class ComputeNode:
     def serve(self) -> None:
         """Serve, reconnecting per the retry policy, until Ctrl+C, SIGTERM or ``stop()``.
 
-        Raises ``GatewayUnavailableError`` when ``max_retry_attempts`` run out.
+        Runs an event loop of its own in the calling thread, so it works in any thread
+        (Ctrl+C and SIGTERM are handled in the main thread only; elsewhere ``stop()`` ends
+        it). Raises ``GatewayUnavailableError`` when ``max_retry_attempts`` run out; any
+        failure comes out as one exception, never an exception group.
         """
-        anyio.run(self._serve_with_signals)
+        run_blocking(self._serve_with_signals, f"node {self.node_id}")
 
     async def _serve_with_signals(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
+        if not in_main_thread():  # signal handlers can be installed only in the main thread
             await self.run()
             return
         async with anyio.create_task_group() as tg:

@@ -501,7 +501,7 @@ async def test_closing_a_link_ends_the_channel_state_watches_it_left_pending() -
 
 
 # Event loops come and go in one process: sessions one after another, a gateway and a
-# node on loops of their own threads, blocking clients created and closed. grpc.aio binds
+# node serving in threads of their own, blocking clients created and closed. grpc.aio binds
 # every loop to one poller; a gRPC operation that outlives its loop used to be reported
 # on another loop as "Exception in callback PollerCompletionQueue._handle_events ...
 # RuntimeError: Event loop is closed".
@@ -510,6 +510,7 @@ _LOOPS_COME_AND_GO = textwrap.dedent(
     import sys, threading
     import anyio
     from easyremote import AsyncClient, Client, ComputeNode, Gateway
+    from easyremote_core.testing.processes import free_port
 
     TRANSPORT = sys.argv[1]
 
@@ -523,13 +524,20 @@ _LOOPS_COME_AND_GO = textwrap.dedent(
 
         return node
 
-    def serve_in_thread(node, *states):
-        reached = threading.Event()
-        node.on_state_change(lambda old, new, reason: str(new) in states and reached.set())
+    def serve_in_thread(node):  # once registered; the event is set when it loses the gateway
+        ready, reconnecting = threading.Event(), threading.Event()
+
+        def record(old, new, reason):
+            if str(new) == "ready":
+                ready.set()
+            elif str(new) == "reconnecting" and ready.is_set():
+                reconnecting.set()
+
+        node.on_state_change(record)
         thread = threading.Thread(target=node.serve)
         thread.start()
-        assert reached.wait(10), states
-        return thread, reached
+        assert ready.wait(10)
+        return thread, reconnecting
 
     async def session(i):
         async with Gateway(port=0, host="127.0.0.1", transport=TRANSPORT, startup_grace=0) as gw:
@@ -544,26 +552,20 @@ _LOOPS_COME_AND_GO = textwrap.dedent(
 
     class GatewayThread:
         def __init__(self):
-            self.gateway = Gateway(port=0, host="127.0.0.1", transport=TRANSPORT, startup_grace=0)
-            self._started, self._stop = threading.Event(), threading.Event()
-            self.thread = threading.Thread(target=anyio.run, args=(self._serve,))
+            port = free_port()
+            self.gateway = Gateway(port=port, host="127.0.0.1", transport=TRANSPORT, startup_grace=0)
+            self.thread = threading.Thread(target=self.gateway.serve)
             self.thread.start()
-            assert self._started.wait(10)
-            self.address = f"{TRANSPORT}://127.0.0.1:{self.gateway.port}"
-
-        async def _serve(self):
-            async with self.gateway:
-                self._started.set()
-                await anyio.to_thread.run_sync(self._stop.wait, 30)
+            self.address = f"{TRANSPORT}://127.0.0.1:{port}"
 
         def stop(self):
-            self._stop.set()
+            self.gateway.close(10)  # returns once serve() has returned
             self.thread.join(10)
             assert not self.thread.is_alive()
 
     gateway = GatewayThread()
     node = make_node(gateway.address, "threaded")
-    node_thread, _ = serve_in_thread(node, "ready")
+    node_thread, _ = serve_in_thread(node)
     results = []
     for i in range(4):
         with Client(gateway.address, timeout=10) as client:
@@ -582,10 +584,9 @@ _LOOPS_COME_AND_GO = textwrap.dedent(
 
     gateway = GatewayThread()
     node = make_node(gateway.address, "outlives")
-    node_thread, reached = serve_in_thread(node, "ready", "reconnecting")
-    reached.clear()
+    node_thread, reconnecting = serve_in_thread(node)
     gateway.stop()  # the gateway's loop ends first
-    assert reached.wait(10)
+    assert reconnecting.wait(10)
     node.stop()
     node_thread.join(10)
     assert not node_thread.is_alive()
