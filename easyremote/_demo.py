@@ -109,15 +109,22 @@ async def _demo(transport: str, outage: float) -> int:
             print(f"\ngateway restart: SIGKILL, {outage:g} s down, started again on the same port", file=out)
             print("  (the client keeps calling add() all along)", file=out)
             done = anyio.Event()
+            served_again = anyio.Event()  # a call succeeded after the gateway listened again
             results = {"ok": 0, "failed": 0}
+            listening: float | None = None
+            served = 0.0
 
             async def keep_calling() -> None:
+                nonlocal served
                 i = 0
                 while not done.is_set():
                     i += 1
                     try:
                         assert await client.execute("add", i, 1) == i + 1
                         results["ok"] += 1
+                        if listening is not None and not served_again.is_set():
+                            served = time.perf_counter()
+                            served_again.set()
                     except EasyRemoteError as exc:
                         results["failed"] += 1
                         print(f"  call failed: {type(exc).__name__}: {exc}", file=out)
@@ -132,15 +139,13 @@ async def _demo(transport: str, outage: float) -> int:
                 restart_began = time.perf_counter()
                 await anyio.to_thread.run_sync(gateway.restart)
                 listening = time.perf_counter()
-                ok_before = results["ok"]
                 with anyio.fail_after(30):
                     await node.wait_ready()
-                    while results["ok"] == ok_before:
-                        await anyio.sleep(0.01)
-                served = time.perf_counter()
+                    await served_again.wait()
                 await anyio.sleep(0.3)
                 done.set()
             failures = results["failed"]
+            assert listening is not None
 
             lost = timeline.first("node", "reconnecting", killed)
             ready = timeline.first("node", "ready", killed)
@@ -160,6 +165,8 @@ async def _demo(transport: str, outage: float) -> int:
                   "listened again", file=out)
             print(f"  calls during the test: {results['ok']} succeeded, {results['failed']} failed", file=out)
             print(f"  node status: {node.status()}", file=out)
+            print(f"  client: {client.reconnect_count} reconnection(s) in {client.reconnect_attempts} "
+                  "attempt(s)", file=out)
     finally:
         await anyio.to_thread.run_sync(gateway.close)
     print("\ndone: the node reconnected and re-registered by itself; no call was lost." if not failures
@@ -171,10 +178,55 @@ async def _collect(iterator: Any) -> list[Any]:
     return [item async for item in iterator]
 
 
+class _PeerFormatter(logging.Formatter):
+    """An indented log line that says whose it is: ``node``, ``client`` (or the logger's own name)."""
+
+    def __init__(self) -> None:
+        super().__init__("    %(asctime)s.%(msecs)03d %(peer)-6s %(levelname)-7s %(message)s", "%H:%M:%S")
+
+    def format(self, record: logging.LogRecord) -> str:
+        record.peer = _peer(record)
+        return super().format(record)
+
+
+class _OncePerPeer(logging.Filter):
+    """Drops a line identical to the one just printed for the same peer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._last: dict[str, tuple[int, str]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        line = (record.levelno, record.getMessage())
+        peer = _peer(record)
+        if self._last.get(peer) == line:
+            return False
+        self._last[peer] = line
+        return True
+
+
+def _peer(record: logging.LogRecord) -> str:
+    """``easyremote.node`` (the node and its connection supervisor) is ``node``, and so on."""
+    return record.name.removeprefix("easyremote.")
+
+
 def run_demo(transport: str = "grpc", outage: float = 2.0) -> int:
     """Run the demo; 0 when every call succeeded."""
-    for name in ("easyremote.gateway", "easyremote.link", "easyremote.client"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    for handler in logging.getLogger().handlers:  # the node's own log lines, indented under the report
-        handler.setFormatter(logging.Formatter("    %(asctime)s.%(msecs)03d %(levelname)-7s %(message)s", "%H:%M:%S"))
-    return anyio.run(_demo, transport, outage)
+    package = logging.getLogger("easyremote")  # every EasyRemote logger in this process
+    quiet = {name: logging.getLogger(name) for name in ("easyremote.gateway", "easyremote.link")}
+    levels = {name: logger.level for name, logger in quiet.items()}
+    for logger in quiet.values():
+        logger.setLevel(logging.WARNING)
+    # The node's and the client's log lines go into the report, each saying whose it is.
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(_PeerFormatter())
+    handler.addFilter(_OncePerPeer())
+    package.addHandler(handler)
+    propagate, package.propagate = package.propagate, False
+    try:
+        return anyio.run(_demo, transport, outage)
+    finally:
+        package.removeHandler(handler)
+        package.propagate = propagate
+        for name, logger in quiet.items():
+            logger.setLevel(levels[name])

@@ -27,6 +27,7 @@ from ._errors import (
     MessageTooLargeError,
     StreamingFunctionError,
 )
+from ._backend import HostTask
 from ._link import Link
 from ._node import ENVELOPE_OVERHEAD, TOKEN_ENV
 from ._plugins import PluginManager, get_plugin_manager
@@ -106,7 +107,7 @@ class AsyncClient:
         self._pending: dict[str, _Pending] = {}
         self._queries: dict[str, MemoryObjectSendStream[pb.NodeList]] = {}
         self._supervisor: ConnectionSupervisor | None = None
-        self._task_group: anyio.abc.TaskGroup | None = None
+        self._host: HostTask | None = None
         self._callbacks: list[StateCallback] = []
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -119,8 +120,14 @@ class AsyncClient:
         await self.aclose()
 
     async def start(self) -> None:
-        """Start connecting in the background; calls wait until the link is ready."""
-        if self._task_group is not None:
+        """Start connecting in the background; calls wait until the link is ready.
+
+        ``async with`` is the usual form. The connection runs in a task the client owns,
+        so ``start()`` and ``aclose()`` may also be called from different tasks of the
+        loop, with task groups opened and closed in between. Starting a started client
+        does nothing.
+        """
+        if self._host is not None:
             return
         self._supervisor = ConnectionSupervisor(
             role="client", address=self.address, transport=self._transport,
@@ -131,9 +138,7 @@ class AsyncClient:
         )
         for callback in self._callbacks:
             self._supervisor.on_state_change(callback)
-        self._task_group = anyio.create_task_group()
-        await self._task_group.__aenter__()
-        self._task_group.start_soon(self._keep_connected)
+        self._host = HostTask.spawn(self._keep_connected, name=f"easyremote client of {self.address}")
 
     async def _keep_connected(self) -> None:
         assert self._supervisor is not None
@@ -146,11 +151,15 @@ class AsyncClient:
                 pending.answers.send_nowait(_LinkLost("the client is closed"))
 
     async def aclose(self) -> None:
-        tg, self._task_group = self._task_group, None
-        if tg is not None:
-            tg.cancel_scope.cancel()
-            await tg.__aexit__(None, None, None)
-            await self._transport.aclose()
+        """Close the link and end the background task; safe to call twice, or before ``start()``."""
+        host, self._host = self._host, None
+        if host is None:
+            return
+        try:
+            await host.aclose()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._transport.aclose()
 
     def on_state_change(self, callback: StateCallback) -> None:
         self._callbacks.append(callback)
@@ -160,6 +169,16 @@ class AsyncClient:
     @property
     def state(self) -> ConnectionState:
         return self._supervisor.state if self._supervisor is not None else ConnectionState.IDLE
+
+    @property
+    def reconnect_count(self) -> int:
+        """Reconnections that succeeded: sessions established after an earlier one ended."""
+        return self._supervisor.reconnect_count if self._supervisor is not None else 0
+
+    @property
+    def reconnect_attempts(self) -> int:
+        """Attempts to reconnect, successful or not (each "Attempting to reconnect...")."""
+        return self._supervisor.reconnect_attempts if self._supervisor is not None else 0
 
     async def wait_ready(self) -> None:
         await self._link()
@@ -439,6 +458,14 @@ class Client:
     @property
     def state(self) -> ConnectionState:
         return self._client.state
+
+    @property
+    def reconnect_count(self) -> int:
+        return self._client.reconnect_count
+
+    @property
+    def reconnect_attempts(self) -> int:
+        return self._client.reconnect_attempts
 
     def execute(self, function: str, *args: Any, node_id: str | None = None, timeout: float | None = None,
                 **kwargs: Any) -> Any:

@@ -31,6 +31,7 @@ from ._probes import HealthProbe
 from ._protocol import ErrorCode, dump_value, error_frame, exception_frame, load_arguments, pb
 from ._resolve import resolve_link_plugins
 from ._retry import RetryPolicy
+from ._serving import in_main_thread, run_blocking
 from ._supervisor import ConnectionState, ConnectionSupervisor, StateCallback
 from ._transport import DEFAULT_MAX_MESSAGE_SIZE, LinkOptions, TLSConfig, Transport
 
@@ -64,7 +65,8 @@ class NodeStatus:
     node_id: str
     state: str
     connection_healthy: bool
-    reconnect_count: int
+    reconnect_count: int  # reconnections that succeeded: sessions established after an earlier one ended
+    reconnect_attempts: int  # attempts to reconnect, each "Attempting to reconnect..."
     last_heartbeat_time: float | None
     active_executions: int
     registered_functions: tuple[str, ...]
@@ -195,10 +197,13 @@ class ComputeNode:
 
         The first Ctrl+C (or SIGTERM) stops in order: no new calls, running ones finish
         (up to ``drain_timeout``), goodbye to the gateway. A second one stops at once.
-        Raises ``GatewayUnavailableError`` when ``max_retry_attempts`` run out.
+        It runs an event loop of its own in the calling thread, so it works in any thread
+        (Ctrl+C and SIGTERM are handled in the main thread only; elsewhere ``stop()`` ends
+        it). Raises ``GatewayUnavailableError`` when ``max_retry_attempts`` run out; any
+        failure comes out as one exception, never an exception group.
         """
         with console_logging():
-            forced = anyio.run(self._serve_with_signals)
+            forced = run_blocking(self._serve_with_signals, f"node {self.node_id}")
             if forced and self._busy_threads:
                 # Worker threads cannot be interrupted and would hold the interpreter open.
                 logger.warning("Node %s exits now, abandoning %d call(s) still running in worker threads",
@@ -209,7 +214,7 @@ class ComputeNode:
     async def _serve_with_signals(self) -> bool:
         """Run until stopped; True when a second signal asked to stop at once."""
         forced = False
-        if threading.current_thread() is not threading.main_thread():
+        if not in_main_thread():  # signal handlers can be installed only in the main thread
             await self.run()
             return forced
         async with anyio.create_task_group() as tg:
@@ -553,7 +558,13 @@ class ComputeNode:
 
     @property
     def _reconnect_count(self) -> int:
+        """Reconnections that succeeded."""
         return self._latest.reconnect_count if self._latest is not None else 0
+
+    @property
+    def _reconnect_attempts(self) -> int:
+        """Attempts to reconnect, successful or not."""
+        return self._latest.reconnect_attempts if self._latest is not None else 0
 
     @property
     def _last_heartbeat_time(self) -> float | None:
@@ -568,7 +579,8 @@ class ComputeNode:
         supervisor = self._latest
         return NodeStatus(
             node_id=self.node_id, state=self.state.value, connection_healthy=self._connection_healthy,
-            reconnect_count=self._reconnect_count, last_heartbeat_time=self._last_heartbeat_time,
+            reconnect_count=self._reconnect_count, reconnect_attempts=self._reconnect_attempts,
+            last_heartbeat_time=self._last_heartbeat_time,
             active_executions=len(self._active_executions), registered_functions=tuple(sorted(self._functions)),
             last_error=(supervisor.last_error if supervisor is not None else "") or self._last_error,
             gateway=str(self.address),

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import logging
+import math
 import random
 from collections.abc import Awaitable, Callable, Sequence
 
 import anyio
+from anyio.abc import TaskGroup
 
 from ._address import Address
 from ._config import LinkSettings
@@ -58,6 +61,9 @@ class ConnectionSupervisor:
 
     ``establish`` runs on every new link before it counts as ready (a node
     registers its functions there); the backoff resets only after it succeeds.
+    An attempt with no answer within ``connection_timeout`` counts as failed but
+    goes on waiting through the backoff that follows: a gateway that answers
+    then (one that hung and woke up) is used at once.
     """
 
     def __init__(
@@ -80,6 +86,11 @@ class ConnectionSupervisor:
         self.address = address
         self.transport = transport
         self.link_options = link_options
+        # An attempt may go on waiting through the backoff that follows connection_timeout:
+        # the transport must not give up on it first (the supervisor bounds it).
+        longest_delay = max(getattr(policy, "cap", 0.0), settings.max_reconnect_interval)
+        self._connect_options = dataclasses.replace(
+            link_options, connect_timeout=link_options.connect_timeout + longest_delay)
         self.settings = settings
         self.policy = policy
         self.probes = list(probes)
@@ -93,7 +104,8 @@ class ConnectionSupervisor:
         self.state = ConnectionState.IDLE
         self.link: Link | None = None
         self.welcome: pb.Welcome | None = None
-        self.reconnect_count = 0
+        self.reconnect_count = 0  # sessions established after an earlier one ended
+        self.reconnect_attempts = 0  # attempts to reconnect ("Attempting to reconnect...")
         self.sessions = 0
         self.last_error = ""
         self.fatal_error: EasyRemoteError | None = None  # why run() stopped for good
@@ -154,67 +166,123 @@ class ConnectionSupervisor:
         """Stay connected until cancelled; raise ``GatewayUnavailableError`` when retries run out.
 
         ``AuthenticationError`` and ``ProtocolError`` from the gateway end the run at
-        once: retrying cannot help.
+        once: retrying cannot help. The last state change, to ``closed``, carries the
+        reason "stopped" when the run was cancelled, else the error that ended it.
         """
+        reason = "stopped"
+        try:
+            failure: Exception | None = None
+            async with anyio.create_task_group() as attempts:
+                try:
+                    await self._supervise(attempts)
+                except Exception as exc:  # leaves run() as itself, not wrapped in an ExceptionGroup
+                    failure = exc
+                attempts.cancel_scope.cancel()  # an attempt still waiting for its answer ends with the run
+            if failure is not None:
+                raise failure
+        except (anyio.get_cancelled_exc_class(), KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            reason = str(exc) or type(exc).__name__
+            raise
+        finally:
+            self.link = None
+            self._set_state(ConnectionState.CLOSED, reason)
+            self._ready.set()  # wake waiters: they see CLOSED
+
+    async def _supervise(self, attempts: TaskGroup) -> None:
         failures = 0
         limit = self.settings.max_retry_attempts
         label = self.transport.label or self.transport.name
-        try:
-            while True:
-                self._set_state(ConnectionState.CONNECTING if self.sessions == 0 else ConnectionState.RECONNECTING)
+        timeout = self.settings.connection_timeout
+        answered_late: _Attempt | None = None  # an attempt whose answer came during the backoff
+        while True:
+            self._set_state(ConnectionState.RECONNECTING if self.sessions else ConnectionState.CONNECTING)
+            if answered_late is None:
                 if failures:
                     self._log.info("Attempting to reconnect...")
-                    self.reconnect_count += 1
+                    self.reconnect_attempts += 1
                 self._log.info("%s service (attempt %d)", self.role.capitalize(), failures + 1)
-                try:
-                    reason = await self._attempt(label)
-                except _GoAway as notice:
-                    self._log.warning("Gateway asked to retry after %.1f s: %s", notice.retry_after, notice)
-                    await anyio.sleep(notice.retry_after)
-                    continue
-                except (AuthenticationError, ProtocolError, ConfigurationError) as exc:
-                    self.last_error = str(exc)
-                    self.fatal_error = exc
-                    self._log.error("Stopped connecting to %s: %s: %s", self.address, type(exc).__name__, exc)
-                    raise
-                except (GatewayUnavailableError, ConnectionLostError, TimeoutError, OSError) as exc:
+                attempt = _Attempt()
+                attempts.start_soon(self._run_attempt, attempt, label)
+                with anyio.move_on_after(timeout):
+                    await attempt.answered.wait()
+                deadline = attempt.started + timeout
+            else:
+                attempt, answered_late = answered_late, None
+                # it answered after connection_timeout: registering gets a bound of its own
+                deadline = (attempt.answered_at or anyio.current_time()) + timeout
+            waiting: _Attempt | None = None  # counted as failed, but it goes on waiting through the backoff
+            try:
+                if not attempt.answered.is_set():
+                    waiting = attempt
                     failures += 1
-                    reason = _reason(exc)
+                    reason = f"no answer from the gateway within connection_timeout ({timeout:g} s)"
                 else:
+                    connection, welcome = attempt.claim()
+                    reason = await self._serve(connection, welcome, deadline)
                     if self._leaving:
                         return
                     failures = 1  # the established link broke: its loss is the first failure
-                self.last_error = reason
-                self._log.error("Connection error (attempt %d): %s", failures, reason)
-                if limit is not None and failures > limit:
-                    self.fatal_error = GatewayUnavailableError(
-                        f"gave up after {limit} reconnect attempts to {self.address}: {reason}"
-                    )
-                    raise self.fatal_error
-                delay = self.policy.next_delay(failures)
-                self._log.info(
-                    "Reconnecting in %s seconds... (attempt %d/%s)",
-                    _seconds(delay), failures, "∞" if limit is None else limit,
-                )
-                self._set_state(ConnectionState.RECONNECTING, reason)
-                await self._back_off(delay)
-        finally:
-            self.link = None
-            self._set_state(ConnectionState.CLOSED,
-                            str(self.fatal_error) if self.fatal_error is not None else "stopped")
-            self._ready.set()  # wake waiters: they see CLOSED
-
-    async def _attempt(self, label: str) -> str:
-        """One connect + handshake + establish; then serve the link until it ends. Returns why it ended."""
-        with anyio.fail_after(self.settings.connection_timeout) as deadline:
-            connection = await self.transport.connect(self.address, self.link_options)
-            try:
-                self._log.info("%s channel to VPS established successfully", label)
-                self.welcome = await self._handshake(connection)
-            except BaseException:
-                with anyio.CancelScope(shield=True):
-                    await connection.aclose()
+            except _GoAway as notice:
+                self._log.warning("Gateway asked to retry after %.1f s: %s", notice.retry_after, notice)
+                await anyio.sleep(notice.retry_after)
+                continue
+            except (AuthenticationError, ProtocolError, ConfigurationError) as exc:
+                self.last_error = str(exc)
+                self.fatal_error = exc
+                self._log.error("Stopped connecting to %s: %s: %s", self.address, type(exc).__name__, exc)
                 raise
+            except _ORDINARY_FAILURES as exc:
+                failures += 1
+                reason = _reason(exc)
+            self.last_error = reason
+            self._log.error("Connection error (attempt %d): %s", failures, reason)
+            if limit is not None and failures > limit:
+                self.fatal_error = GatewayUnavailableError(
+                    f"gave up after {limit} reconnect attempts to {self.address}: {reason}"
+                )
+                raise self.fatal_error
+            delay = self.policy.next_delay(failures)
+            self._log.info(
+                "Reconnecting in %s seconds... (attempt %d/%s)",
+                _seconds(delay), failures, "∞" if limit is None else limit,
+            )
+            self._set_state(ConnectionState.RECONNECTING, reason)
+            answered_late = await self._back_off(delay, waiting)
+            if answered_late is not None:
+                self._log.info("Gateway %s answered attempt %d at last: using it", self.address, failures)
+
+    async def _run_attempt(self, attempt: _Attempt, label: str) -> None:
+        """Connect and shake hands; hold the connection until the supervisor claims it or gives up on it."""
+        connection: Connection | None = None
+        try:
+            with attempt.scope:
+                try:
+                    connection = await self.transport.connect(self.address, self._connect_options)
+                    self._log.info("%s channel to VPS established successfully", label)
+                    attempt.welcome = await self._handshake(connection)
+                except Exception as exc:  # the supervisor decides what it means
+                    attempt.error = exc
+                else:
+                    attempt.connection = connection
+                    attempt.scope.deadline = math.inf  # answered: the supervisor takes it or abandons it
+                attempt.answered_at = anyio.current_time()
+                attempt.answered.set()
+                if attempt.connection is not None:
+                    await attempt.claimed.wait()
+        finally:
+            attempt.answered.set()
+            if connection is not None and not attempt.claimed.is_set():
+                with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+                    if attempt.error is not None:
+                        await connection.aclose()  # the gateway answered: close politely
+                    else:
+                        await connection.drop()  # abandoned: the gateway may never answer
+
+    async def _serve(self, connection: Connection, welcome: pb.Welcome, deadline: float) -> str:
+        """Establish the session (by ``deadline``), then serve the link until it ends; return why it ended."""
+        self.welcome = welcome
         link = Link(
             connection,
             on_frame=self._on_frame,
@@ -250,7 +318,7 @@ class ConnectionSupervisor:
                 if self._establish is not None:
                     # Raising here would reach the caller wrapped in an ExceptionGroup: end the link
                     # instead, and raise a refusal once the task group is closed.
-                    with anyio.move_on_after(max(deadline.deadline - anyio.current_time(), 0.001)) as timer:
+                    with anyio.move_on_after(max(deadline - anyio.current_time(), 0.001)) as timer:
                         try:
                             await self._establish(link)
                         except (AuthenticationError, ProtocolError, ConfigurationError) as exc:
@@ -262,6 +330,8 @@ class ConnectionSupervisor:
                         link.close("timed out registering with the gateway")
                 if registered and not link.ended.is_set():
                     established = True
+                    if self.sessions:
+                        self.reconnect_count += 1
                     self.sessions += 1
                     self.connected_at = anyio.current_time()
                     self.policy.reset()
@@ -300,12 +370,72 @@ class ConnectionSupervisor:
             raise _GoAway(reply.go_away.retry_after_ms / 1000, reply.go_away.reason or "gateway is busy")
         raise ProtocolError(f"gateway answered the handshake with {kind!r}")
 
-    async def _back_off(self, delay: float) -> None:
-        """Wait ``delay``, or less if the transport sees the gateway listening again."""
+    async def _back_off(self, delay: float, waiting: _Attempt | None) -> _Attempt | None:
+        """Wait ``delay``, or less: until the transport sees the gateway listening again, or until
+        ``waiting`` (an attempt still waiting for its answer) gets one to act on, which is returned."""
+        answered: _Attempt | None = None
+        if waiting is not None:
+            waiting.scope.deadline = anyio.current_time() + delay  # it lives no longer than the backoff
         with anyio.move_on_after(delay):
-            await self.transport.wait_reachable(self.address, self.link_options)
-            self._log.info("Gateway %s is reachable again", self.address)
-            await anyio.sleep(random.uniform(0, RETURN_SPREAD))
+            async with anyio.create_task_group() as tg:
+                async def watch_reachable() -> None:
+                    await self.transport.wait_reachable(self.address, self.link_options)
+                    self._log.info("Gateway %s is reachable again", self.address)
+                    await anyio.sleep(random.uniform(0, RETURN_SPREAD))
+                    tg.cancel_scope.cancel()
+
+                async def watch_attempt(attempt: _Attempt) -> None:
+                    nonlocal answered
+                    await attempt.answered.wait()
+                    if attempt.worth_acting_on:
+                        answered = attempt
+                        tg.cancel_scope.cancel()
+                    elif attempt.error is not None:  # already counted as a failure
+                        self._log.debug("The attempt still waiting failed too: %s", _reason(attempt.error))
+
+                tg.start_soon(watch_reachable)
+                if waiting is not None:
+                    tg.start_soon(watch_attempt, waiting)
+        if waiting is not None and answered is None:
+            if waiting.answered.is_set() and waiting.worth_acting_on:  # as the delay ran out
+                answered = waiting
+            else:
+                waiting.scope.cancel()  # its task closes the connection it holds
+        return answered
+
+
+class _Attempt:
+    """One connect and handshake, in a task of its own, so that an answer that comes after
+    ``connection_timeout``, while the supervisor backs off, can still be used at once."""
+
+    def __init__(self) -> None:
+        self.scope = anyio.CancelScope()
+        self.started = anyio.current_time()
+        self.answered = anyio.Event()  # it has a connection or an error, or it was given up on
+        self.answered_at: float | None = None
+        self.claimed = anyio.Event()
+        self.connection: Connection | None = None
+        self.welcome: pb.Welcome | None = None
+        self.error: Exception | None = None
+
+    @property
+    def worth_acting_on(self) -> bool:
+        """It got a link, or an answer that is no ordinary failure (come back later, or a fatal error)."""
+        return self.connection is not None or (
+            self.error is not None and not isinstance(self.error, _ORDINARY_FAILURES)
+        )
+
+    def claim(self) -> tuple[Connection, pb.Welcome]:
+        """Take over its connection; raises the error it ended with instead."""
+        if self.error is not None:
+            raise self.error
+        assert self.connection is not None and self.welcome is not None, "the attempt has not answered"
+        self.claimed.set()
+        return self.connection, self.welcome
+
+
+#: Failures that count towards ``max_retry_attempts``; any other error ends the run.
+_ORDINARY_FAILURES = (GatewayUnavailableError, ConnectionLostError, TimeoutError, OSError)
 
 
 def _reason(exc: BaseException) -> str:

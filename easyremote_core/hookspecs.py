@@ -72,7 +72,8 @@ def easyremote_connection_state_changed(
     :param peer: the gateway address.
     :param old_state: one of ``idle, connecting, ready, reconnecting, closed``.
     :param new_state: as ``old_state``.
-    :param reason: why, in words (empty when there is nothing to say).
+    :param reason: why, in words (empty when there is nothing to say); the change to
+        ``closed`` says ``"stopped"`` after a stop, else the error that ended the run.
     """
 
 

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import errno
+import functools
 import logging
 import os
 import signal
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Generator, Iterable
 from contextlib import AsyncExitStack
 from typing import Any
 
 import anyio
+import anyio.to_thread
 from anyio.abc import TaskGroup
 
 from .._address import parse_address
+from .._backend import HostTask, off_loop
 from .._config import number, whole
 from .._errors import ConfigurationError, ConnectionLostError, EasyRemoteError, ProtocolError
 from .._heartbeat import HeartbeatProbe
@@ -22,6 +26,7 @@ from .._logs import console_logging
 from .._plugins import PluginManager, get_plugin_manager
 from .._protocol import PROTOCOL_VERSION, encode, pb
 from .._resolve import resolve_transport, transport_name
+from .._serving import StopSwitch, in_main_thread, run_blocking
 from .._transport import DEFAULT_MAX_MESSAGE_SIZE, Connection, LinkOptions, Listener, TLSConfig, Transport
 from ._admission import Admission
 from ._calls import CallTable
@@ -32,6 +37,9 @@ from ._router import Router
 
 logger = logging.getLogger("easyremote.gateway")
 
+#: How long starting (binding) or stopping (closing every session) may take.
+STOP_TIMEOUT = 30.0
+
 ROUTING_ENV = "EASYREMOTE_ROUTING"
 DEFAULT_ROUTING = "least-loaded"
 
@@ -39,8 +47,9 @@ DEFAULT_ROUTING = "least-loaded"
 class Gateway:
     """Accepts nodes and clients on one port and routes calls between them.
 
-    ``serve()`` blocks until Ctrl+C or SIGTERM; ``async with gateway:`` runs it in
-    the background for embedding. ``port`` is the bound port once started.
+    ``serve()`` blocks until Ctrl+C or SIGTERM (in the main thread) or until ``stop()``
+    or ``close()`` from another thread; ``async with gateway:`` runs it in the
+    background for embedding. ``port`` is the bound port once started.
     """
 
     def __init__(
@@ -95,7 +104,9 @@ class Gateway:
         self._listeners: list[tuple[str, str, Listener]] = []  # (transport name, host, listener)
         self._transport: Transport | None = None
         self._task_group: TaskGroup | None = None
-        self._stack: AsyncExitStack | None = None
+        self._host_task: HostTask | None = None  # serves, from start() until stopped
+        self._stop_switch = StopSwitch("gateway")
+        self._stop_requested: anyio.Event | None = None
 
     def _resolve_routing(self, choice: str | RoutingPolicy | None) -> RoutingPolicy:
         if isinstance(choice, RoutingPolicy):
@@ -134,39 +145,85 @@ class Gateway:
             self._router.policy = policy
 
     async def start(self) -> None:
-        """Bind and start serving in the background."""
-        if self._stack is not None:
+        """Bind and start serving in the background, in a task the gateway owns.
+
+        ``stop()`` may then be awaited from any task of this event loop, and ``close()``
+        called from any other thread.
+        """
+        if self._host_task is not None:
             raise RuntimeError("the gateway is already running")
-        options = LinkOptions(max_message_size=self.max_message_size, tls=self._tls)
-        endpoints = [(resolve_transport(self.plugins, self._transport_choice, tls=self._tls), self.host,
-                      self._requested_port)]
-        for extra in self._also_listen:
-            endpoints.append((resolve_transport(self.plugins, extra.scheme, tls=self._tls), extra.host, extra.port))
-        self._transport = endpoints[0][0]
-        self._make_rooms()
-        stack = AsyncExitStack()
+        self._stop_requested = self._stop_switch.bind()
+        started = anyio.Event()
+        host = HostTask.spawn(functools.partial(self._serve_in_host, started),
+                              name=f"easyremote gateway on {self.host}:{self._requested_port}")
+        self._host_task = host
         try:
-            for transport, host, port in endpoints:
-                stack.push_async_callback(transport.aclose)
-                listener = await transport.listen(host, port, options)
-                stack.push_async_callback(listener.aclose)
-                self._listeners.append((transport.name, host, listener))
-            # Entered last, so it exits first: its tasks end before the listeners close.
-            self._task_group = await stack.enter_async_context(anyio.create_task_group())
-            for _, _, listener in self._listeners:
-                self._task_group.start_soon(listener.serve, self._handle_connection)
+            with anyio.fail_after(STOP_TIMEOUT):
+                await started.wait()
         except BaseException:
-            await stack.aclose()
-            self._listeners.clear()
+            self._stop_requested.set()
+            with anyio.CancelScope(shield=True):
+                await self._shutdown()
             raise
-        self._listener = self._listeners[0][2]
-        self._stack = stack
-        if self.startup_grace > 0:
-            # Just after a (re)start nodes are still on their way back: a call for a
-            # function nobody has registered yet waits for them this long.
-            assert self._router is not None
-            self._router.accepting_unknown_until = anyio.current_time() + self.startup_grace
-            self._task_group.start_soon(self._end_startup_grace)
+        if not host.running:  # it failed to listen: raise why
+            await self._shutdown()
+
+    async def _serve_in_host(self, started: anyio.Event) -> None:
+        """Listen, serve until a stop is requested, then close every listener and session."""
+        assert self._stop_requested is not None
+        options = LinkOptions(max_message_size=self.max_message_size, tls=self._tls)
+        try:
+            async with AsyncExitStack() as stack:
+                endpoints = [(self._resolve(self._transport_choice), self.host, self._requested_port)]
+                for extra in self._also_listen:
+                    endpoints.append((self._resolve(extra.scheme), extra.host, extra.port))
+                self._transport = endpoints[0][0]
+                self._make_rooms()
+                for transport, host, port in endpoints:
+                    stack.push_async_callback(transport.aclose)
+                    try:
+                        listener = await transport.listen(host, port, options)
+                    except OSError as exc:
+                        error = _listen_error(exc, transport.name, host, port)
+                        if error is exc:
+                            raise
+                        raise error from None
+                    stack.push_async_callback(listener.aclose)
+                    self._listeners.append((transport.name, host, listener))
+                # Entered last, so it exits first: its tasks end before the listeners close.
+                self._task_group = await stack.enter_async_context(anyio.create_task_group())
+                for _, _, listener in self._listeners:
+                    self._task_group.start_soon(listener.serve, self._handle_connection)
+                self._listener = self._listeners[0][2]
+                if self.startup_grace > 0:
+                    # Just after a (re)start nodes are still on their way back: a call for a
+                    # function nobody has registered yet waits for them this long.
+                    assert self._router is not None
+                    self._router.accepting_unknown_until = anyio.current_time() + self.startup_grace
+                    self._task_group.start_soon(self._end_startup_grace)
+                self._log_listening()
+                started.set()
+                await self._stop_requested.wait()
+                self._task_group.cancel_scope.cancel()
+            logger.info("Gateway stopped")
+        except Exception as exc:
+            if started.is_set():
+                logger.error("Gateway stopped after a failure: %s: %s", type(exc).__name__, exc)
+            raise
+        finally:
+            self._listeners.clear()
+            if self._registry is not None:
+                self._registry.clear()
+            if self._calls is not None:
+                self._calls.clear()
+            self._stop_requested.set()  # wakes serve() when the gateway ended by itself
+            started.set()
+            self._stop_switch.release()
+
+    def _resolve(self, choice: str | Transport | None) -> Transport:
+        return resolve_transport(self.plugins, choice, tls=self._tls)
+
+    def _log_listening(self) -> None:
         for name, host, listener in self._listeners:
             logger.info("EasyRemote gateway listening on %s:%d (transport %s)", host, listener.port, name)
         if self._identities.open:
@@ -174,6 +231,82 @@ class Gateway:
                 "No auth_token is set: anyone who can reach %s:%d can register nodes and run code on them",
                 self.host, self.port,
             )
+
+    async def _end_startup_grace(self) -> None:
+        await anyio.sleep(self.startup_grace)
+        self._nodes.changed()
+
+    def stop(self) -> GatewayStop:
+        """Stop accepting, close every session, and fail the calls in flight.
+
+        Callable from any thread: the stop is requested as soon as ``stop()`` is called.
+        ``await gateway.stop()`` in the gateway's event loop also waits until it has
+        stopped; from another thread, ``close()`` does.
+        """
+        return GatewayStop(self)
+
+    async def _shutdown(self) -> None:
+        """Wait, in the gateway's event loop, until the stop requested has completed."""
+        host = self._host_task
+        if host is None:
+            return
+        try:
+            token = self._stop_switch.token
+            if token is not None and off_loop(token):  # awaited on another event loop
+                await anyio.to_thread.run_sync(self._stop_switch.wait, STOP_TIMEOUT)
+                return
+            with anyio.move_on_after(STOP_TIMEOUT, shield=True) as waiting:
+                await host.wait()
+            if waiting.cancelled_caught:
+                logger.warning("The gateway did not stop within %g s; cancelling it", STOP_TIMEOUT)
+                await host.aclose()
+        finally:
+            if self._host_task is host and not host.running:
+                self._host_task = None
+
+    def close(self, timeout: float = STOP_TIMEOUT) -> None:
+        """Stop the gateway from another thread and wait until it has stopped (``serve()`` has returned).
+
+        Does nothing when it is not running. Raises ``TimeoutError`` if it has not
+        stopped within ``timeout`` seconds, and ``RuntimeError`` on the gateway's own
+        event loop, where ``await gateway.stop()`` is the way.
+        """
+        self._stop_switch.stop_and_wait(timeout)
+
+    async def __aenter__(self) -> Gateway:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    def serve(self) -> None:
+        """Serve until Ctrl+C or SIGTERM (in the main thread), or ``stop()``/``close()`` from another thread.
+
+        Runs an event loop of its own in the calling thread, so it works in any thread;
+        signal handlers are installed only in the main thread. A failure (e.g. the port
+        is taken: ``OSError``) is raised as one exception, never an exception group.
+        """
+        with console_logging(), self._stop_switch.serving():
+            run_blocking(self._serve_until_stopped, "the gateway")
+
+    async def _serve_until_stopped(self) -> None:
+        async with self:
+            assert self._stop_requested is not None
+            if not in_main_thread():
+                await self._stop_requested.wait()
+                return
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._stop_on_signal)
+                await self._stop_requested.wait()
+                tg.cancel_scope.cancel()
+
+    async def _stop_on_signal(self) -> None:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                logger.info("Received %s, shutting down", signal.Signals(signum).name)
+                self._stop_switch.request()
+                return
 
     def _make_rooms(self) -> None:
         self._admission.start()
@@ -201,42 +334,6 @@ class Gateway:
 
     def _notify(self, hook: str, **kwargs: Any) -> None:
         self.plugins.notify(hook, gateway_id=self.gateway_id, **kwargs)
-
-    async def _end_startup_grace(self) -> None:
-        await anyio.sleep(self.startup_grace)
-        self._nodes.changed()
-
-    async def stop(self) -> None:
-        """Stop accepting, close every session, and fail the calls in flight."""
-        stack, self._stack = self._stack, None
-        if stack is None:
-            return
-        assert self._task_group is not None
-        self._task_group.cancel_scope.cancel()
-        await stack.aclose()
-        self._listeners.clear()
-        self._nodes.clear()
-        self._call_table.clear()
-        logger.info("Gateway stopped")
-
-    async def __aenter__(self) -> Gateway:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.stop()
-
-    def serve(self) -> None:
-        """Serve until Ctrl+C or SIGTERM, then shut down gracefully."""
-        with console_logging():
-            anyio.run(self._serve_until_signal)
-
-    async def _serve_until_signal(self) -> None:
-        async with self:
-            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                async for signum in signals:
-                    logger.info("Received %s, shutting down", signal.Signals(signum).name)
-                    break
 
     # -- sessions -------------------------------------------------------------------------
 
@@ -358,3 +455,30 @@ async def _send_quietly(connection: Connection, envelope: pb.Envelope) -> None:
 
 def _role(hello: pb.Hello) -> str:
     return f"node {hello.node_id!r}" if hello.role == pb.ROLE_NODE else "client"
+
+
+class GatewayStop:
+    """What ``Gateway.stop()`` returns: the stop is requested when it is made; awaiting it waits until done.
+
+    Not a coroutine, so calling ``gateway.stop()`` from another thread without awaiting
+    it is a plain request and no "never awaited" warning.
+    """
+
+    __slots__ = ("_gateway",)
+
+    def __init__(self, gateway: Gateway) -> None:
+        self._gateway = gateway
+        gateway._stop_switch.request()
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return self._gateway._shutdown().__await__()
+
+
+def _listen_error(exc: OSError, transport: str, host: str, port: int) -> OSError:
+    """``exc`` with the address in its words (the socket module's say only "Address already in use")."""
+    if exc.errno == errno.EADDRINUSE:
+        return OSError(exc.errno, f"port {port} on {host} is already in use (transport {transport}); "
+                                  "is another gateway running?")
+    if exc.errno is not None:
+        return OSError(exc.errno, f"cannot listen on {host}:{port} (transport {transport}): {exc.strerror}")
+    return exc

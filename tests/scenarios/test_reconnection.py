@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
+
 import anyio
+import psutil
 import pytest
+from easyremote_tcp import TcpTransport
 
 from easyremote.errors import ConnectionLostError, GatewayUnavailableError
 from easyremote_core.testing.chaos import ChaosProxy
@@ -185,3 +190,85 @@ async def test_exhausted_retries_stop_the_node(timeline) -> None:
         assert "gave up after 3 reconnect attempts" in str(failure[0])
         assert node.status().state == "closed"
         assert "(attempt 3/3)" in " ".join(line for _, line in timeline.lines())
+
+
+class UnawareTcpTransport(TcpTransport):
+    """TCP that cannot tell when a gateway is back (the ``Transport`` default ``wait_reachable``, which
+    never returns): only the attempt still waiting for its answer can bring the peer back early."""
+
+    async def wait_reachable(self, address, options) -> None:
+        await anyio.sleep_forever()
+
+
+#: Quick detection, a long second delay (exponential: 2 s ± 20 %, then 4 s ± 20 %), a short timeout.
+HUNG = dict(heartbeat_interval=0.3, heartbeat_timeout=1.5, reconnect_interval=2.0,
+            max_reconnect_interval=30.0, connection_timeout=1.0, health_check_interval=1.0,
+            retry_policy="exponential")
+
+
+def hung_options(transport: str) -> dict:
+    return {**HUNG, "transport": UnawareTcpTransport() if transport == "tcp-unaware" else transport}
+
+
+@pytest.mark.parametrize("transport", ["grpc", "tcp", "tcp-unaware"])
+async def test_a_hung_gateway_that_wakes_up_is_used_at_once(transport: str, timeline) -> None:
+    wire = transport.split("-")[0]
+    with gateway_process(wire) as gateway:
+        address = f"{wire}://{gateway.address}"
+        node = scenario_node(address, **hung_options(transport))
+        async with node:
+            await node.wait_ready()  # before the first call: a fresh gateway may lose one that comes first
+            async with calling(address, **hung_options(transport)) as calls:
+                await calls.success_after(anyio.current_time())
+                await hang_and_wake(gateway, timeline, calls)
+
+
+async def hang_and_wake(gateway, timeline, calls) -> None:
+    stopped = anyio.current_time()
+    await in_thread(gateway.stop)  # SIGSTOP: the kernel still accepts connects, nothing answers
+    # Both notice the loss, wait out the first delay, try again, get no answer within
+    # connection_timeout and back off for the second, longer delay.
+    backing_off = [await timeline.wait_for("(attempt 2/∞)", after=stopped, logger=peer)
+                   for peer in ("easyremote.node", "easyremote.client")]
+    await in_thread(gateway.cont)
+    resumed = anyio.current_time()
+    ready = await timeline.wait_for("Registered to VPS successfully", after=resumed)
+    served = await calls.success_after(resumed)
+    for peer in ("easyremote.node", "easyremote.client"):
+        announced = [line for _, line in timeline.lines(peer, after=stopped)
+                     if line.endswith("(attempt 2/∞)")]
+        assert float(announced[0].split()[2]) >= 3.0, announced  # waiting it out would show
+    assert max(backing_off) < resumed
+    assert ready - resumed < 1.0, f"the node came back {ready - resumed:.2f} s after SIGCONT"
+    assert served - resumed < 1.0, f"the first call was served {served - resumed:.2f} s after SIGCONT"
+    assert calls.failures() == []
+
+
+def resources() -> dict[str, int]:
+    gc.collect()
+    return {"tasks": len(asyncio.all_tasks()), "fds": psutil.Process().num_fds()}
+
+
+@pytest.mark.parametrize("transport", ["grpc", "tcp"])
+async def test_a_gateway_that_never_answers_exhausts_the_retries_and_leaks_nothing(transport: str,
+                                                                                   timeline) -> None:
+    with gateway_process(transport) as gateway:
+        await in_thread(gateway.stop)  # it never answers, though every connect is accepted
+        node = scenario_node(f"{transport}://{gateway.address}", max_retry_attempts=6, connection_timeout=0.3,
+                             reconnect_interval=0.2, retry_policy="constant")
+        during: list[dict[str, int]] = []  # at each failed attempt, its connection possibly still waiting
+        node.on_state_change(
+            lambda old, new, reason: during.append(resources()) if new.value == "reconnecting" else None)
+        before = resources()
+        with anyio.fail_after(30), \
+                pytest.raises(GatewayUnavailableError, match="gave up after 6 reconnect attempts"):
+            await node.run()
+        after = resources()
+        gateway.cont()
+    assert len([line for _, line in timeline.lines() if line.startswith("Connection error")]) == 7
+    assert node.status().state == "closed"
+    # One attempt (and one look at the port) at a time: nothing piles up from attempt to attempt.
+    # The first sample is the reference: gRPC opens its process-wide pollers on first use.
+    assert len(during) == 6 and during[-1]["fds"] <= during[0]["fds"] + 2, during
+    assert during[-1]["tasks"] <= during[0]["tasks"] + 2, during
+    assert after["fds"] <= during[0]["fds"] and after["tasks"] <= before["tasks"], (before, during, after)

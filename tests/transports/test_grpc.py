@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import signal
@@ -339,8 +340,10 @@ async def test_closed_port_is_unavailable_at_once() -> None:
 
 async def test_port_taken_raises_oserror() -> None:
     async with serving(echo) as listener:
-        with pytest.raises(OSError):
+        with pytest.raises(OSError) as caught:
             await GrpcTransport().listen(LOCAL, listener.port, LinkOptions())
+    assert caught.value.errno == errno.EADDRINUSE
+    assert f"port {listener.port} on {LOCAL} is already in use" in str(caught.value)
 
 
 async def test_health_service_answers_serving() -> None:
@@ -480,3 +483,140 @@ async def test_trio_is_refused_with_a_clear_message() -> None:
             await GrpcTransport().listen(LOCAL, 0, LinkOptions())
 
     await anyio.to_thread.run_sync(functools.partial(anyio.run, under_trio, backend="trio"))
+
+
+async def test_closing_a_link_ends_the_channel_state_watches_it_left_pending() -> None:
+    """A probe's wait cut short by its timer leaves a watch in gRPC core; closing the link
+    must end it, or it completes after its event loop closed ("Event loop is closed")."""
+    async with serving(echo) as listener:
+        connection = await dial(listener.port)
+        assert isinstance(connection, ClientConnection)
+        with anyio.move_on_after(0.1):  # READY stays READY: the wait is cut short
+            await connection.channel_state.wait_for_state_change(connection.channel.get_state())
+        assert connection.channel_state.pending == 1
+        with anyio.fail_after(TIMEOUT):
+            await connection.aclose()
+        assert connection.channel_state.pending == 0
+        assert connection.channel.get_state() is grpc.ChannelConnectivity.SHUTDOWN
+
+
+# Event loops come and go in one process: sessions one after another, a gateway and a
+# node serving in threads of their own, blocking clients created and closed. grpc.aio binds
+# every loop to one poller; a gRPC operation that outlives its loop used to be reported
+# on another loop as "Exception in callback PollerCompletionQueue._handle_events ...
+# RuntimeError: Event loop is closed".
+_LOOPS_COME_AND_GO = textwrap.dedent(
+    """
+    import sys, threading
+    import anyio
+    from easyremote import AsyncClient, Client, ComputeNode, Gateway
+    from easyremote_core.testing.processes import free_port
+
+    TRANSPORT = sys.argv[1]
+
+    def make_node(address, node_id):
+        node = ComputeNode(address, node_id, heartbeat_interval=0.5, heartbeat_timeout=2.0,
+                           reconnect_interval=0.2)
+
+        @node.register
+        def add(a, b):
+            return a + b
+
+        return node
+
+    def serve_in_thread(node):  # once registered; the event is set when it loses the gateway
+        ready, reconnecting = threading.Event(), threading.Event()
+
+        def record(old, new, reason):
+            if str(new) == "ready":
+                ready.set()
+            elif str(new) == "reconnecting" and ready.is_set():
+                reconnecting.set()
+
+        node.on_state_change(record)
+        thread = threading.Thread(target=node.serve)
+        thread.start()
+        assert ready.wait(10)
+        return thread, reconnecting
+
+    async def session(i):
+        async with Gateway(port=0, host="127.0.0.1", transport=TRANSPORT, startup_grace=0) as gw:
+            address = f"{TRANSPORT}://127.0.0.1:{gw.port}"
+            async with make_node(address, f"session-{i}") as node:
+                with anyio.fail_after(10):
+                    await node.wait_ready()
+                async with AsyncClient(address, timeout=10) as client:
+                    return await client.execute("add", i, 100)
+
+    print("sessions", [anyio.run(session, i) for i in range(3)], flush=True)
+
+    class GatewayThread:
+        def __init__(self):
+            port = free_port()
+            self.gateway = Gateway(port=port, host="127.0.0.1", transport=TRANSPORT, startup_grace=0)
+            self.thread = threading.Thread(target=self.gateway.serve)
+            self.thread.start()
+            self.address = f"{TRANSPORT}://127.0.0.1:{port}"
+
+        def stop(self):
+            self.gateway.close(10)  # returns once serve() has returned
+            self.thread.join(10)
+            assert not self.thread.is_alive()
+
+    gateway = GatewayThread()
+    node = make_node(gateway.address, "threaded")
+    node_thread, _ = serve_in_thread(node)
+    results = []
+    for i in range(4):
+        with Client(gateway.address, timeout=10) as client:
+            results.append(client.execute("add", i, 10))
+
+    async def one_async_client(i):
+        async with AsyncClient(gateway.address, timeout=10) as client:
+            return await client.execute("add", i, 20)
+
+    results += [anyio.run(one_async_client, i) for i in range(2)]
+    print("threads", results, flush=True)
+    node.stop()  # the node's loop ends first
+    node_thread.join(10)
+    assert not node_thread.is_alive()
+    gateway.stop()
+
+    gateway = GatewayThread()
+    node = make_node(gateway.address, "outlives")
+    node_thread, reconnecting = serve_in_thread(node)
+    gateway.stop()  # the gateway's loop ends first
+    assert reconnecting.wait(10)
+    node.stop()
+    node_thread.join(10)
+    assert not node_thread.is_alive()
+    print("done", flush=True)
+    """
+)
+
+_NOISE = ("Traceback", "Event loop is closed", "Exception in callback", "Task was destroyed",
+          "was never awaited", "Exception ignored")
+
+
+@pytest.mark.parametrize("transport_name", ["grpc", "tcp"])
+async def test_event_loops_coming_and_going_print_no_noise(transport_name: str) -> None:
+    with anyio.fail_after(60):
+        result = await anyio.run_process([sys.executable, "-c", _LOOPS_COME_AND_GO, transport_name],
+                                         check=False)
+    stdout, stderr = result.stdout.decode(), result.stderr.decode()
+    assert result.returncode == 0, stderr
+    assert stdout.splitlines() == ["sessions [100, 101, 102]", "threads [10, 11, 12, 13, 20, 21]", "done"]
+    noise = [line for line in stderr.splitlines() if any(word in line for word in _NOISE)]
+    assert not noise, stderr
+
+
+async def test_a_listener_stopped_while_its_server_starts_closes_cleanly() -> None:
+    """grpc.aio's server start, cancelled half-way, left its serving task failing with
+    InvalidStateError, which server.stop() raised (a gateway stopped just after it started)."""
+    listener = await GrpcTransport().listen(LOCAL, 0, LinkOptions())
+    with anyio.fail_after(TIMEOUT):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(listener.serve, echo)
+            await anyio.sleep(0)  # serve() is now inside the server's start
+            tg.cancel_scope.cancel()
+        await listener.aclose()

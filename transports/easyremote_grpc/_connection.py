@@ -17,6 +17,8 @@ import grpc.aio
 
 from easyremote_core import Connection, ConnectionLostError, MessageTooLargeError, ProtocolError
 
+from ._channel import ChannelStateWatch
+
 logger = logging.getLogger("easyremote.grpc")
 
 # How long an orderly close waits for queued frames to go out and for the gateway to
@@ -386,14 +388,29 @@ def _retrieve_outcome(task: asyncio.Task[Any]) -> None:
 
 
 class ClientConnection(GrpcConnection):
-    """The dialling end: a stream call on a channel this connection owns."""
+    """The dialling end: a stream call on a channel this connection owns.
 
-    def __init__(self, channel: grpc.aio.Channel, call: grpc.aio.StreamStreamCall, peer: str,
+    Closing it lets go of the call before it closes the channel: gRPC core keeps a closed
+    channel (its TCP connection and its state watches) alive for as long as a call of it
+    exists, and the reader, once cancelled, holds the call through its exception's
+    traceback. A state watch that outlives the event loop that started it is reported on
+    another loop of the process as ``RuntimeError: Event loop is closed``.
+    """
+
+    def __init__(self, channel: ChannelStateWatch, call: grpc.aio.StreamStreamCall, peer: str,
                  max_message_size: int, peer_max_message_size: int | None = None) -> None:
         super().__init__(peer, max_message_size, peer_max_message_size)
-        self.channel = channel
-        self._call = call
+        self.channel = channel.channel
+        self.channel_state = channel  # what the channel-state probe waits on
+        self._call_or_none: grpc.aio.StreamStreamCall | None = call
         self._start()
+
+    @property
+    def _call(self) -> grpc.aio.StreamStreamCall:
+        call = self._call_or_none
+        if call is None:
+            raise ConnectionLostError("connection is closed")
+        return call
 
     def _read_op(self) -> Awaitable[Any]:
         return self._call.read()
@@ -430,10 +447,7 @@ class ClientConnection(GrpcConnection):
                 await self._flush()
                 if self._lost is None and not self._call.done():
                     await self._call.code()  # the gateway ends the RPC
-            self._close_locally()
-            self._call.cancel()
-            await self.reap()
-            await self.channel.close(grace=None)
+            await self._release()
 
     async def drop(self) -> None:
         """Cancel the RPC and close the channel at once: the link is dead, nobody answers."""
@@ -441,10 +455,16 @@ class ClientConnection(GrpcConnection):
             return
         self._closed = True
         with anyio.CancelScope(shield=True):
-            self._close_locally()
-            self._call.cancel()
-            await self.reap()
-            await self.channel.close(grace=None)
+            await self._release()
+
+    async def _release(self) -> None:
+        """End the call, let go of it and of the reader and writer, then close the channel."""
+        self._close_locally()
+        self._call.cancel()
+        await self.reap()
+        self._call_or_none = None
+        self._reader = self._writer = None
+        await self.channel_state.close()
 
 
 class ServerConnection(GrpcConnection):

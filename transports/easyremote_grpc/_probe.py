@@ -31,7 +31,7 @@ class GrpcChannelStateProbe(HealthProbe):
         if not isinstance(connection, ClientConnection):
             await anyio.sleep_forever()
             return
-        channel = connection.channel
+        channel = connection.channel_state
         state = channel.get_state()
         was_ready = state is _State.READY
         while True:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
+import socket
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -28,12 +30,14 @@ from easyremote_core import (
 )
 
 from . import _options
+from ._channel import ChannelStateWatch
 from ._connection import ClientConnection, ServerConnection, describe_rpc_error
 from ._probe import GrpcChannelStateProbe
 
 logger = logging.getLogger("easyremote.grpc")
 
 _State = grpc.ChannelConnectivity
+_START_TIMEOUT = 10.0  # seconds a listener's gRPC server may take to start
 
 
 class GrpcTransport(Transport):
@@ -83,20 +87,22 @@ class GrpcTransport(Transport):
         if tls is not None:
             if tls.server_hostname:
                 args.append(("grpc.ssl_target_name_override", tls.server_hostname))
-            channel = grpc.aio.secure_channel(target, _options.channel_credentials(tls), options=args)
+            channel = ChannelStateWatch(
+                grpc.aio.secure_channel(target, _options.channel_credentials(tls), options=args))
         else:
-            channel = grpc.aio.insecure_channel(target, options=args)
+            channel = ChannelStateWatch(grpc.aio.insecure_channel(target, options=args))
         try:
             with anyio.fail_after(options.connect_timeout):
                 await _wait_until_ready(channel, target)
                 announce = ((_options.MAX_MESSAGE_SIZE_KEY, str(options.max_message_size)),)
-                call = channel.stream_stream(_options.LINK_METHOD)(wait_for_ready=False, metadata=announce)
+                link = channel.channel.stream_stream(_options.LINK_METHOD)
+                call = link(wait_for_ready=False, metadata=announce)
                 await _wait_until_accepted(call, target)
                 peer_max = _options.peer_limit(await call.initial_metadata(), options.max_message_size)
         except BaseException as exc:
             state = channel.get_state()
             with anyio.CancelScope(shield=True):
-                await channel.close(grace=None)
+                await channel.close()
             if isinstance(exc, TimeoutError):
                 raise GatewayUnavailableError(
                     f"cannot reach gateway at {target}: no link within connect_timeout "
@@ -109,8 +115,11 @@ class GrpcTransport(Transport):
     async def listen(self, host: str, port: int, options: LinkOptions) -> Listener:
         _require_asyncio("listen")
         tls = options.tls or self.tls
-        server = grpc.aio.server(options=_options.server_options(options.max_message_size, self.server_options))
         endpoint = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        taken = _port_taken(host, port)
+        if taken is not None:  # found before gRPC core logs its own "Failed to add port" on stderr
+            raise taken
+        server = grpc.aio.server(options=_options.server_options(options.max_message_size, self.server_options))
         try:
             if tls is not None:
                 bound = server.add_secure_port(endpoint, _options.server_credentials(tls))
@@ -118,7 +127,7 @@ class GrpcTransport(Transport):
                 bound = server.add_insecure_port(endpoint)
         except RuntimeError as exc:
             await server.stop(None)
-            raise OSError(f"cannot listen on {endpoint}: {exc}") from None
+            raise _port_taken(host, port) or OSError(f"cannot listen on {endpoint}: {exc}") from None
         except BaseException:
             await server.stop(None)
             raise
@@ -155,9 +164,12 @@ class GrpcListener(Listener):
         try:
             if self._closing:
                 return
-            await self._server.start()
-            for service in ("", _options.SERVICE_NAME):
-                await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
+            # Never cancelled half-way: grpc.aio's serving task then fails with InvalidStateError
+            # when it reports the start, and server.stop() raises that.
+            with anyio.CancelScope(shield=True), anyio.fail_after(_START_TIMEOUT):
+                await self._server.start()
+                for service in ("", _options.SERVICE_NAME):
+                    await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
             logger.debug("gRPC listener serving on port %d", self.port)
             async with anyio.create_task_group() as tg:
                 async for connection in self._incoming:
@@ -221,7 +233,22 @@ class GrpcListener(Listener):
             self._stopped.set()
 
 
-async def _wait_until_ready(channel: grpc.aio.Channel, target: str) -> None:
+def _port_taken(host: str, port: int) -> OSError | None:
+    """``OSError(EADDRINUSE)`` if something listens on ``host:port`` (gRPC says only "Failed to bind")."""
+    if port == 0:
+        return None
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC binds
+            probe.bind((host, port))
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            return OSError(errno.EADDRINUSE, f"port {port} on {host} is already in use")
+    return None
+
+
+async def _wait_until_ready(channel: ChannelStateWatch, target: str) -> None:
     """Wait for READY; fail at the first TRANSIENT_FAILURE (the caller's retry policy owns retries)."""
     state = channel.get_state(try_to_connect=True)
     while state is not _State.READY:
@@ -233,9 +260,9 @@ async def _wait_until_ready(channel: grpc.aio.Channel, target: str) -> None:
         state = channel.get_state(try_to_connect=True)
 
 
-async def _failure_reason(channel: grpc.aio.Channel) -> str:
+async def _failure_reason(channel: ChannelStateWatch) -> str:
     """gRPC tells why a channel failed only through a call: ask one that fails at once."""
-    call = channel.stream_stream(_options.LINK_METHOD)(wait_for_ready=False)
+    call = channel.channel.stream_stream(_options.LINK_METHOD)(wait_for_ready=False)
     try:
         await call.read()
     except grpc.aio.AioRpcError as exc:

@@ -1,0 +1,121 @@
+"""What the core needs from the event loop that anyio does not offer, done per backend (asyncio, trio)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import sniffio
+
+logger = logging.getLogger(__name__)
+
+#: How long ``HostTask.aclose`` waits for a cancelled host task to end.
+CLOSE_TIMEOUT = 30.0
+
+
+class HostTask:
+    """Runs ``func()`` in a task that belongs to none of the caller's task groups.
+
+    A resource whose ``start()`` and ``aclose()`` may be called from different tasks, with
+    task groups opened and closed in between, cannot enter a task group in the caller's
+    task: exiting it from anywhere else raises "Attempted to exit a cancel scope that isn't
+    the current task's current cancel scope". It runs its background work in a host task
+    instead, and stays structured because it always waits for that task to end
+    (:meth:`wait`, or :meth:`aclose` which cancels it first). anyio cannot spawn such a
+    task, so :meth:`spawn` does it per backend: on asyncio with ``loop.create_task`` (the
+    task is kept referenced here until it ends), on trio with
+    ``trio.lowlevel.spawn_system_task``. ``func`` should catch what it can handle; any
+    other exception is kept and raised by :meth:`wait` or :meth:`aclose`.
+    """
+
+    def __init__(self, func: Callable[[], Awaitable[Any]], name: str) -> None:
+        self.name = name
+        self._func = func
+        self._scope = anyio.CancelScope()
+        self._done = anyio.Event()
+        self._failure: Exception | None = None
+        self._task: object = None  # the asyncio task, referenced until it ends
+
+    @classmethod
+    def spawn(cls, func: Callable[[], Awaitable[Any]], *, name: str) -> HostTask:
+        """Start ``func()`` in a host task of the running event loop."""
+        host = cls(func, name)
+        library = sniffio.current_async_library()
+        if library == "trio":
+            import trio
+
+            trio.lowlevel.spawn_system_task(host._run, name=name)
+        elif library == "asyncio":
+            host._task = asyncio.get_running_loop().create_task(host._run(), name=name)
+        else:
+            raise RuntimeError(f"HostTask cannot run under {library}")
+        return host
+
+    async def _run(self) -> None:
+        try:
+            with self._scope:
+                await self._func()
+        except Exception as exc:  # raised by wait() or aclose(); a host task must not raise
+            self._failure = exc
+        finally:
+            self._done.set()
+            self._task = None
+
+    @property
+    def running(self) -> bool:
+        return not self._done.is_set()
+
+    async def wait(self) -> None:
+        """Wait until the task has ended; raise what ``func`` raised, if anything but a cancellation."""
+        await self._done.wait()
+        failure, self._failure = self._failure, None
+        if failure is not None:
+            raise failure
+
+    async def aclose(self) -> None:
+        """Cancel the task and wait (shielded, up to ``CLOSE_TIMEOUT``) for it to end.
+
+        Callable from any task of its event loop; raises what :meth:`wait` raises.
+        """
+        self._scope.cancel()
+        with anyio.move_on_after(CLOSE_TIMEOUT, shield=True):
+            await self.wait()
+            return
+        logger.warning("%s did not end within %g s of being cancelled", self.name, CLOSE_TIMEOUT)
+
+
+def call_soon_threadsafe(token: anyio.lowlevel.EventLoopToken, func: Callable[[], object]) -> bool:
+    """Run ``func()`` soon on the event loop ``token`` names, from any thread, without waiting for it.
+
+    ``anyio.from_thread.run_sync`` waits for the loop, and forever for a loop that has
+    stopped running but is not closed yet; this never blocks. Returns ``False`` when the
+    loop has already finished, so ``func`` will not run.
+    """
+    native = token.native_token
+    try:
+        if isinstance(native, asyncio.AbstractEventLoop):
+            def in_loop() -> None:  # as anyio's own callbacks do: sniffio cannot tell outside a task
+                reset = sniffio.current_async_library_cvar.set("asyncio")
+                try:
+                    func()
+                finally:
+                    sniffio.current_async_library_cvar.reset(reset)
+
+            native.call_soon_threadsafe(in_loop)
+        else:  # a trio.lowlevel.TrioToken
+            native.run_sync_soon(func)  # type: ignore[attr-defined]
+    except RuntimeError:  # asyncio: "Event loop is closed"; trio: RunFinishedError
+        return False
+    return True
+
+
+def off_loop(token: anyio.lowlevel.EventLoopToken) -> bool:
+    """Whether the caller runs outside the event loop that ``token`` names (another thread or loop)."""
+    try:
+        return anyio.lowlevel.current_token() != token
+    except RuntimeError:  # no event loop in this thread
+        return True
