@@ -97,7 +97,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     options = _parser().parse_args(argv)
-    level = logging.WARNING if options.quiet else logging.DEBUG if options.verbose > 1 else logging.INFO
+    # Long-running commands show what happens (INFO); one-shot ones print only their answer.
+    chatty = options.command in ("gateway", "node", "demo")
+    level = (logging.WARNING if options.quiet or (not chatty and not options.verbose)
+             else logging.DEBUG if options.verbose > 1 else logging.INFO)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return _COMMANDS[options.command](options)
@@ -128,10 +131,7 @@ def _gateway(options: argparse.Namespace) -> int:
                       auth_token=options.token, tls=tls)
 
     async def run() -> None:
-        async with gateway:
-            print(f"EasyRemote gateway listening on {options.host}:{gateway.port}", flush=True)
-            for address in gateway.addresses[1:]:
-                print(f"  also listening on {address}", flush=True)
+        async with gateway:  # it logs each address it listens on, once
             with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 async for signum in signals:
                     logging.getLogger("easyremote").info("Received %s, shutting down", signal.Signals(signum).name)

@@ -99,9 +99,14 @@ def test_gateway_listens_on_two_transports_at_once() -> None:
     extra = free_port()
     with GatewayProcess(args=("--also-listen", f"tcp://127.0.0.1:{extra}")) as gateway:
         gateway.start()
-        gateway.wait_for_line(f"also listening on tcp://127.0.0.1:{extra}", 10)
+        gateway.wait_for_line(f"EasyRemote gateway listening on 127.0.0.1:{extra} (transport tcp)", 10)
         with PythonProcess(NODE, args=(f"tcp://127.0.0.1:{extra}",), name="tcp-node") as node:
             node.start()
             node.wait_for_line("Registered to VPS successfully", 30)
             result = easyremote("call", "--gateway", f"grpc://{gateway.address}", "add", "1", "2")
             assert result.returncode == 0 and result.stdout.strip() == "3", result.stderr
+            assert result.stderr == "", result.stderr  # a one-shot command prints its answer only
+            verbose = easyremote("-v", "call", "--gateway", f"grpc://{gateway.address}", "add", "1", "2")
+            assert "INFO" in verbose.stderr
+        listening = [line for line in gateway.lines() if "EasyRemote gateway listening on" in line]
+        assert len(listening) == 2, listening  # one line per address, none printed twice
