@@ -8,6 +8,7 @@ import importlib.util
 import inspect
 import json
 import logging
+import os
 import pathlib
 import signal
 import sys
@@ -17,18 +18,38 @@ import anyio
 
 from easyremote_core import EasyRemoteError, get_plugin_manager
 from easyremote_core._client import Client
-from easyremote_core._errors import ConfigurationError, GatewayUnavailableError, RemoteExecutionError
+from easyremote_core._errors import (
+    AuthenticationError,
+    ConfigurationError,
+    GatewayUnavailableError,
+    RemoteExecutionError,
+    StreamingFunctionError,
+)
 from easyremote_core._gateway import Gateway
 from easyremote_core._node import ComputeNode
 from easyremote_core._transport import TLSConfig
 
-EXIT_OK, EXIT_ERROR, EXIT_UNAVAILABLE = 0, 1, 2
+from . import __version__
+
+#: Exit codes; 2 stays argparse's usage error.
+EXIT_OK, EXIT_ERROR, EXIT_UNAVAILABLE, EXIT_REMOTE, EXIT_AUTH, EXIT_INTERRUPTED = 0, 1, 3, 4, 5, 130
+EXIT_CODES = """exit codes:
+  0    success
+  1    an error: a bad setting, a failed call, a refused connection
+  2    a usage error (wrong arguments)
+  3    the gateway is unavailable (not reachable, or a node's --max-retry-attempts ran out)
+  4    the remote function raised (easyremote call)
+  5    the gateway refused the token
+  130  interrupted (Ctrl+C)"""
+GATEWAY_ENV = "EASYREMOTE_GATEWAY"
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="easyremote", description="Share compute through an EasyRemote gateway.")
+    parser = argparse.ArgumentParser(prog="easyremote", description="Share compute through an EasyRemote gateway.",
+                                     epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    parser.add_argument("--version", action="version", version=f"easyremote {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     gateway = commands.add_parser("gateway", help="run a gateway", description="Run a gateway until Ctrl+C or SIGTERM.")
@@ -52,9 +73,9 @@ def _parser() -> argparse.ArgumentParser:
     node = commands.add_parser(
         "node", help="serve the functions of a Python file or module",
         description="Connect to a gateway and serve every public function defined in a Python file or "
-        "module (names starting with '_' are skipped). Reconnects by itself; exits 2 when "
+        "module (names starting with '_' are skipped). Reconnects by itself; exits 3 when "
         "--max-retry-attempts run out.")
-    node.add_argument("--gateway", required=True, help="gateway address, host:port or scheme://host:port")
+    node.add_argument("--gateway", default=os.environ.get(GATEWAY_ENV) or None, help="gateway address, host:port (default $EASYREMOTE_GATEWAY) or scheme://host:port")
     node.add_argument("--node-id", default=None, help="stable identity (default: hostname-random)")
     node.add_argument("--token", default=None, help="auth token (default $EASYREMOTE_TOKEN)")
     node.add_argument("--transport", default=None, help="transport name")
@@ -70,13 +91,13 @@ def _parser() -> argparse.ArgumentParser:
 
     nodes = commands.add_parser("nodes", help="list the nodes a gateway knows",
                                 description="List the nodes a gateway knows, with their functions.")
-    nodes.add_argument("--gateway", required=True, help="gateway address, host:port")
+    nodes.add_argument("--gateway", default=os.environ.get(GATEWAY_ENV) or None, help="gateway address, host:port (default $EASYREMOTE_GATEWAY)")
     nodes.add_argument("--token", default=None, help="auth token")
     nodes.add_argument("--timeout", type=float, default=10.0, help="seconds to wait (default 10)")
 
     call = commands.add_parser("call", help="call a function", description="Call a function on a node and print "
                                "its result as JSON. Each argument is JSON (quote strings: '\"text\"').")
-    call.add_argument("--gateway", required=True, help="gateway address, host:port")
+    call.add_argument("--gateway", default=os.environ.get(GATEWAY_ENV) or None, help="gateway address, host:port (default $EASYREMOTE_GATEWAY)")
     call.add_argument("--token", default=None, help="auth token")
     call.add_argument("--node-id", default=None, help="run on this node")
     call.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the result (default 30)")
@@ -96,7 +117,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    options = _parser().parse_args(argv)
+    parser = _parser()
+    options = parser.parse_args(argv)
+    if getattr(options, "gateway", "unused") is None:
+        parser.error(f"{options.command}: --gateway is required (or set ${GATEWAY_ENV})")
     # Long-running commands show what happens (INFO); one-shot ones print only their answer.
     chatty = options.command in ("gateway", "node", "demo")
     level = (logging.WARNING if options.quiet or (not chatty and not options.verbose)
@@ -105,10 +129,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _COMMANDS[options.command](options)
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
     except GatewayUnavailableError as exc:
         print(f"easyremote: gateway unavailable: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE
+    except AuthenticationError as exc:
+        print(f"easyremote: refused: {exc}", file=sys.stderr)
+        return EXIT_AUTH
     except EasyRemoteError as exc:
         print(f"easyremote: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_ERROR
@@ -197,17 +224,26 @@ def _call(options: argparse.Namespace) -> int:
         raise ConfigurationError("--kwargs must be a JSON object")
     with Client(options.gateway, timeout=options.timeout, auth_token=options.token) as client:
         try:
-            result = client.call(options.function, tuple(args), kwargs, node_id=options.node_id)
+            try:
+                result = client.call(options.function, tuple(args), kwargs, node_id=options.node_id)
+            except StreamingFunctionError:  # refused before it ran: ask for its items instead
+                for item in client.stream(options.function, *args, node_id=options.node_id, **kwargs):
+                    _print_json(item)
+                return EXIT_OK
         except RemoteExecutionError as exc:
             print(f"easyremote: {options.function} raised {exc.type_name}: {exc.remote_message}", file=sys.stderr)
             if exc.remote_traceback:
                 print(exc.remote_traceback.rstrip(), file=sys.stderr)
-            return EXIT_ERROR
-    try:
-        print(json.dumps(result))
-    except TypeError:
-        print(repr(result))
+            return EXIT_REMOTE
+    _print_json(result)
     return EXIT_OK
+
+
+def _print_json(value: object) -> None:
+    try:
+        print(json.dumps(value), flush=True)
+    except TypeError:
+        print(repr(value), flush=True)
 
 
 def _json(text: str, what: str) -> object:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -25,14 +26,17 @@ def shout(text, times=1):
 @node.register
 def fail():
     raise RuntimeError("it broke")
+@node.register
+def countdown(n):
+    yield from range(n, 0, -1)
 import logging; logging.basicConfig(level=logging.INFO)
 node.serve()
 """
 
 
-def easyremote(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def easyremote(*args: str, timeout: float = 60, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "easyremote", *args], capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=timeout, env={**os.environ, **(env or {})})
 
 
 @pytest.mark.parametrize("command", [[], ["gateway"], ["nodes"], ["call"], ["plugins"], ["demo"]])
@@ -67,7 +71,26 @@ def test_call_and_nodes_against_a_real_gateway(served_gateway) -> None:
     result = easyremote("call", "--gateway", address, "shout", '"hey"', "--kwargs", '{"times": 2}')
     assert json.loads(result.stdout) == "HEY!HEY!"
     result = easyremote("nodes", "--gateway", address)
-    assert result.returncode == 0 and "cli-node" in result.stdout and "add, fail, shout" in result.stdout
+    assert result.returncode == 0 and "cli-node" in result.stdout and "add, countdown, fail, shout" in result.stdout
+
+
+def test_call_of_a_generator_prints_its_items_one_per_line(served_gateway) -> None:
+    result = easyremote("call", "countdown", "3", env={"EASYREMOTE_GATEWAY": served_gateway.address})
+    assert result.returncode == 0, result.stderr
+    assert [json.loads(line) for line in result.stdout.splitlines()] == [3, 2, 1]
+
+
+def test_the_gateway_comes_from_the_environment_or_is_asked_for() -> None:
+    result = easyremote("call", "add", "1", env={"EASYREMOTE_GATEWAY": ""})
+    assert result.returncode == 2 and "--gateway is required (or set $EASYREMOTE_GATEWAY)" in result.stderr
+
+
+def test_version() -> None:
+    import easyremote
+
+    result = subprocess.run([sys.executable, "-m", "easyremote", "--version"], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0 and result.stdout.strip() == f"easyremote {easyremote.__version__}"
 
 
 def test_user_errors_are_clear_and_traceback_free(served_gateway) -> None:
@@ -76,16 +99,16 @@ def test_user_errors_are_clear_and_traceback_free(served_gateway) -> None:
     assert result.returncode == 1 and "argument 1 is not valid JSON" in result.stderr
     assert "Traceback" not in result.stderr
     result = easyremote("call", "--gateway", address, "fail")
-    assert result.returncode == 1 and "fail raised RuntimeError: it broke" in result.stderr
+    assert result.returncode == 4 and "fail raised RuntimeError: it broke" in result.stderr
     result = easyremote("call", "--gateway", address, "missing")
     assert result.returncode == 1 and "NoNodeAvailableError" in result.stderr and "Traceback (most" not in result.stderr
     result = easyremote("call", "--gateway", "nowhere", "add")
     assert result.returncode == 1 and "must have the form 'host:port'" in result.stderr
 
 
-def test_an_unreachable_gateway_exits_2() -> None:
+def test_an_unreachable_gateway_exits_3() -> None:
     result = easyremote("nodes", "--gateway", f"127.0.0.1:{free_port()}", "--timeout", "1")
-    assert result.returncode == 2 and "gateway unavailable" in result.stderr
+    assert result.returncode == 3 and "gateway unavailable" in result.stderr
 
 
 def test_gateway_refuses_bad_settings() -> None:
