@@ -129,11 +129,13 @@ class CallTable:
         limit = request.timeout if request.timeout > 0 else self.grace
         with anyio.move_on_after(limit):
             while call.node is None and self.calls.get(request.call_id) is call:
-                await self.registry.wait_changed()
+                # Route again before each wait: a node may have registered between the
+                # dispatch that started this task and the moment it runs.
                 route = self.router.route(request.function, request.node_id)
                 if isinstance(route, (Routed, Refused)):
                     self.dispatch(call)
                     return
+                await self.registry.wait_changed()
         if call.node is None and self.calls.get(request.call_id) is call:
             self.finish(call, error_frame(request.call_id, ErrorCode.CODE_NO_NODE,
                                           f"no node serving {request.function!r} came back in time"))
