@@ -31,7 +31,11 @@ class ConnectionLostError(EasyRemoteError, ConnectionError):
 
 
 class AuthenticationError(EasyRemoteError):
-    """The gateway refused the presented token, or the token does not own the node_id."""
+    """The gateway refused the presented token, or its credential does not allow what was asked.
+
+    E.g. a client credential used to register a node, a node_id outside the credential's
+    patterns, a call to a function the credential may not call, or another caller's call id.
+    """
 
 
 class ProtocolError(EasyRemoteError):

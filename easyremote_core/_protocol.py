@@ -77,6 +77,7 @@ _ERROR_TYPES: dict[int, type[errors.EasyRemoteError]] = {
     ErrorCode.CODE_CANCELLED: errors.ConnectionLostError,
     ErrorCode.CODE_STREAMING: errors.StreamingFunctionError,
     ErrorCode.CODE_STOPPING: errors.NoNodeAvailableError,
+    ErrorCode.CODE_FORBIDDEN: errors.AuthenticationError,
 }
 
 #: What a caller reads when an Error frame carries no message of its own.
@@ -95,6 +96,7 @@ _DEFAULT_MESSAGES: dict[int, str] = {
     ErrorCode.CODE_UNAVAILABLE: "the gateway is unavailable",
     ErrorCode.CODE_STREAMING: "the function is a generator: iterate over stream() instead of execute()",
     ErrorCode.CODE_STOPPING: "the node is stopping and took no new call",
+    ErrorCode.CODE_FORBIDDEN: "the caller's credential does not allow this",
 }
 
 

@@ -18,7 +18,7 @@ ROLE_NODE: Role
 ROLE_CLIENT: Role
 
 class Hello(_message.Message):
-    __slots__ = ("protocol_version", "role", "node_id", "token", "heartbeat_interval", "heartbeat_timeout", "software")
+    __slots__ = ("protocol_version", "role", "node_id", "token", "heartbeat_interval", "heartbeat_timeout", "software", "client_key")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -26,6 +26,7 @@ class Hello(_message.Message):
     HEARTBEAT_INTERVAL_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     SOFTWARE_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_KEY_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
     role: Role
     node_id: str
@@ -33,7 +34,8 @@ class Hello(_message.Message):
     heartbeat_interval: float
     heartbeat_timeout: float
     software: str
-    def __init__(self, protocol_version: _Optional[int] = ..., role: _Optional[_Union[Role, str]] = ..., node_id: _Optional[str] = ..., token: _Optional[str] = ..., heartbeat_interval: _Optional[float] = ..., heartbeat_timeout: _Optional[float] = ..., software: _Optional[str] = ...) -> None: ...
+    client_key: bytes
+    def __init__(self, protocol_version: _Optional[int] = ..., role: _Optional[_Union[Role, str]] = ..., node_id: _Optional[str] = ..., token: _Optional[str] = ..., heartbeat_interval: _Optional[float] = ..., heartbeat_timeout: _Optional[float] = ..., software: _Optional[str] = ..., client_key: _Optional[bytes] = ...) -> None: ...
 
 class Welcome(_message.Message):
     __slots__ = ("protocol_version", "session_id", "gateway_id", "max_message_size")
@@ -165,6 +167,7 @@ class Error(_message.Message):
         CODE_UNAVAILABLE: _ClassVar[Error.Code]
         CODE_STREAMING: _ClassVar[Error.Code]
         CODE_STOPPING: _ClassVar[Error.Code]
+        CODE_FORBIDDEN: _ClassVar[Error.Code]
     CODE_UNSPECIFIED: Error.Code
     CODE_REMOTE_EXCEPTION: Error.Code
     CODE_NO_NODE: Error.Code
@@ -179,6 +182,7 @@ class Error(_message.Message):
     CODE_UNAVAILABLE: Error.Code
     CODE_STREAMING: Error.Code
     CODE_STOPPING: Error.Code
+    CODE_FORBIDDEN: Error.Code
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
     CODE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
@@ -216,10 +220,14 @@ class Goodbye(_message.Message):
     def __init__(self, reason: _Optional[str] = ...) -> None: ...
 
 class ListNodes(_message.Message):
-    __slots__ = ("request_id",)
+    __slots__ = ("request_id", "page_size", "page_token")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     request_id: str
-    def __init__(self, request_id: _Optional[str] = ...) -> None: ...
+    page_size: int
+    page_token: str
+    def __init__(self, request_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class NodeInfo(_message.Message):
     __slots__ = ("node_id", "functions", "state", "in_flight", "max_queue_size", "connected_for", "peer")
@@ -240,12 +248,14 @@ class NodeInfo(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., functions: _Optional[_Iterable[str]] = ..., state: _Optional[str] = ..., in_flight: _Optional[int] = ..., max_queue_size: _Optional[int] = ..., connected_for: _Optional[float] = ..., peer: _Optional[str] = ...) -> None: ...
 
 class NodeList(_message.Message):
-    __slots__ = ("request_id", "nodes")
+    __slots__ = ("request_id", "nodes", "next_page_token")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     NODES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     nodes: _containers.RepeatedCompositeFieldContainer[NodeInfo]
-    def __init__(self, request_id: _Optional[str] = ..., nodes: _Optional[_Iterable[_Union[NodeInfo, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, request_id: _Optional[str] = ..., nodes: _Optional[_Iterable[_Union[NodeInfo, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class Envelope(_message.Message):
     __slots__ = ("protocol_version", "hello", "welcome", "reject", "heartbeat", "register", "registered", "call", "result", "item", "end", "error", "cancel", "go_away", "list_nodes", "node_list", "goodbye")
