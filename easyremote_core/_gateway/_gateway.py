@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import errno
-import functools
 import logging
 import os
-import signal
 import uuid
-from collections.abc import Callable, Generator, Iterable
+from collections.abc import Callable, Iterable
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -17,18 +15,16 @@ import anyio.to_thread
 from anyio.abc import TaskGroup
 
 from .._address import parse_address
-from .._backend import HostTask, off_loop
 from .._config import number, whole
 from .._errors import ConfigurationError, ConnectionLostError, EasyRemoteError, ProtocolError
 from .._heartbeat import HeartbeatProbe
 from .._link import Link
-from .._logs import console_logging
 from .._plugins import PluginManager, get_plugin_manager
 from .._protocol import PROTOCOL_VERSION, encode, pb
 from .._resolve import resolve_transport, transport_name
-from .._serving import StopSwitch, in_main_thread, run_blocking
 from .._transport import DEFAULT_MAX_MESSAGE_SIZE, Connection, LinkOptions, Listener, TLSConfig, Transport
 from ._admission import Admission
+from ._hosting import ServingLifecycle
 from ._calls import CallTable
 from ._identities import Identities
 from ._registry import NodeSession, Peer, Registry
@@ -37,14 +33,11 @@ from ._router import Router
 
 logger = logging.getLogger("easyremote.gateway")
 
-#: How long starting (binding) or stopping (closing every session) may take.
-STOP_TIMEOUT = 30.0
-
 ROUTING_ENV = "EASYREMOTE_ROUTING"
 DEFAULT_ROUTING = "least-loaded"
 
 
-class Gateway:
+class Gateway(ServingLifecycle):
     """Accepts nodes and clients on one port and routes calls between them.
 
     ``serve()`` blocks until Ctrl+C or SIGTERM (in the main thread) or until ``stop()``
@@ -71,6 +64,7 @@ class Gateway:
         tls: TLSConfig | None = None,
         plugins: PluginManager | None = None,
     ) -> None:
+        super().__init__()
         self._requested_port = whole("port", port, minimum=0)
         if port > 65535:
             raise ConfigurationError(f"port ({port}) must be at most 65535")
@@ -104,9 +98,6 @@ class Gateway:
         self._listeners: list[tuple[str, str, Listener]] = []  # (transport name, host, listener)
         self._transport: Transport | None = None
         self._task_group: TaskGroup | None = None
-        self._host_task: HostTask | None = None  # serves, from start() until stopped
-        self._stop_switch = StopSwitch("gateway")
-        self._stop_requested: anyio.Event | None = None
 
     def _resolve_routing(self, choice: str | RoutingPolicy | None) -> RoutingPolicy:
         if isinstance(choice, RoutingPolicy):
@@ -143,30 +134,6 @@ class Gateway:
         self._routing = policy
         if self._router is not None:
             self._router.policy = policy
-
-    async def start(self) -> None:
-        """Bind and start serving in the background, in a task the gateway owns.
-
-        ``stop()`` may then be awaited from any task of this event loop, and ``close()``
-        called from any other thread.
-        """
-        if self._host_task is not None:
-            raise RuntimeError("the gateway is already running")
-        self._stop_requested = self._stop_switch.bind()
-        started = anyio.Event()
-        host = HostTask.spawn(functools.partial(self._serve_in_host, started),
-                              name=f"easyremote gateway on {self.host}:{self._requested_port}")
-        self._host_task = host
-        try:
-            with anyio.fail_after(STOP_TIMEOUT):
-                await started.wait()
-        except BaseException:
-            self._stop_requested.set()
-            with anyio.CancelScope(shield=True):
-                await self._shutdown()
-            raise
-        if not host.running:  # it failed to listen: raise why
-            await self._shutdown()
 
     async def _serve_in_host(self, started: anyio.Event) -> None:
         """Listen, serve until a stop is requested, then close every listener and session."""
@@ -235,78 +202,6 @@ class Gateway:
     async def _end_startup_grace(self) -> None:
         await anyio.sleep(self.startup_grace)
         self._nodes.changed()
-
-    def stop(self) -> GatewayStop:
-        """Stop accepting, close every session, and fail the calls in flight.
-
-        Callable from any thread: the stop is requested as soon as ``stop()`` is called.
-        ``await gateway.stop()`` in the gateway's event loop also waits until it has
-        stopped; from another thread, ``close()`` does.
-        """
-        return GatewayStop(self)
-
-    async def _shutdown(self) -> None:
-        """Wait, in the gateway's event loop, until the stop requested has completed."""
-        host = self._host_task
-        if host is None:
-            return
-        try:
-            token = self._stop_switch.token
-            if token is not None and off_loop(token):  # awaited on another event loop
-                await anyio.to_thread.run_sync(self._stop_switch.wait, STOP_TIMEOUT)
-                return
-            with anyio.move_on_after(STOP_TIMEOUT, shield=True) as waiting:
-                await host.wait()
-            if waiting.cancelled_caught:
-                logger.warning("The gateway did not stop within %g s; cancelling it", STOP_TIMEOUT)
-                await host.aclose()
-        finally:
-            if self._host_task is host and not host.running:
-                self._host_task = None
-
-    def close(self, timeout: float = STOP_TIMEOUT) -> None:
-        """Stop the gateway from another thread and wait until it has stopped (``serve()`` has returned).
-
-        Does nothing when it is not running. Raises ``TimeoutError`` if it has not
-        stopped within ``timeout`` seconds, and ``RuntimeError`` on the gateway's own
-        event loop, where ``await gateway.stop()`` is the way.
-        """
-        self._stop_switch.stop_and_wait(timeout)
-
-    async def __aenter__(self) -> Gateway:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.stop()
-
-    def serve(self) -> None:
-        """Serve until Ctrl+C or SIGTERM (in the main thread), or ``stop()``/``close()`` from another thread.
-
-        Runs an event loop of its own in the calling thread, so it works in any thread;
-        signal handlers are installed only in the main thread. A failure (e.g. the port
-        is taken: ``OSError``) is raised as one exception, never an exception group.
-        """
-        with console_logging(), self._stop_switch.serving():
-            run_blocking(self._serve_until_stopped, "the gateway")
-
-    async def _serve_until_stopped(self) -> None:
-        async with self:
-            assert self._stop_requested is not None
-            if not in_main_thread():
-                await self._stop_requested.wait()
-                return
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._stop_on_signal)
-                await self._stop_requested.wait()
-                tg.cancel_scope.cancel()
-
-    async def _stop_on_signal(self) -> None:
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async for signum in signals:
-                logger.info("Received %s, shutting down", signal.Signals(signum).name)
-                self._stop_switch.request()
-                return
 
     def _make_rooms(self) -> None:
         self._admission.start()
@@ -456,22 +351,6 @@ async def _send_quietly(connection: Connection, envelope: pb.Envelope) -> None:
 def _role(hello: pb.Hello) -> str:
     return f"node {hello.node_id!r}" if hello.role == pb.ROLE_NODE else "client"
 
-
-class GatewayStop:
-    """What ``Gateway.stop()`` returns: the stop is requested when it is made; awaiting it waits until done.
-
-    Not a coroutine, so calling ``gateway.stop()`` from another thread without awaiting
-    it is a plain request and no "never awaited" warning.
-    """
-
-    __slots__ = ("_gateway",)
-
-    def __init__(self, gateway: Gateway) -> None:
-        self._gateway = gateway
-        gateway._stop_switch.request()
-
-    def __await__(self) -> Generator[Any, None, None]:
-        return self._gateway._shutdown().__await__()
 
 
 def _listen_error(exc: OSError, transport: str, host: str, port: int) -> OSError:
