@@ -94,6 +94,8 @@ def _parser() -> argparse.ArgumentParser:
     nodes.add_argument("--gateway", default=os.environ.get(GATEWAY_ENV) or None, help="gateway address, host:port (default $EASYREMOTE_GATEWAY)")
     nodes.add_argument("--token", default=None, help="auth token")
     nodes.add_argument("--timeout", type=float, default=10.0, help="seconds to wait (default 10)")
+    nodes.add_argument("--connect-timeout", type=float, default=5.0,
+                       help="give up when the gateway cannot be reached within this (default 5)")
 
     call = commands.add_parser("call", help="call a function", description="Call a function on a node and print "
                                "its result as JSON. Each argument is JSON (quote strings: '\"text\"').")
@@ -101,6 +103,8 @@ def _parser() -> argparse.ArgumentParser:
     call.add_argument("--token", default=None, help="auth token")
     call.add_argument("--node-id", default=None, help="run on this node")
     call.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the result (default 30)")
+    call.add_argument("--connect-timeout", type=float, default=5.0,
+                      help="give up when the gateway cannot be reached within this (default 5)")
     call.add_argument("--kwargs", default=None, help="keyword arguments as a JSON object")
     call.add_argument("function", help="function name")
     call.add_argument("args", nargs="*", metavar="JSON_ARG", help="positional arguments, each a JSON value")
@@ -126,6 +130,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     level = (logging.WARNING if options.quiet or (not chatty and not options.verbose)
              else logging.DEBUG if options.verbose > 1 else logging.INFO)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not chatty and not options.verbose:
+        # Each failed attempt of a one-shot command is logged; the one line printed at the end says why.
+        logging.getLogger("easyremote.client").setLevel(logging.CRITICAL)
     try:
         return _COMMANDS[options.command](options)
     except KeyboardInterrupt:
@@ -199,14 +206,20 @@ def _load_functions(source: str) -> list[Callable[..., object]]:
             spec.loader.exec_module(module)
         else:
             module = importlib.import_module(source)
+    except SyntaxError as exc:
+        where = f"{exc.filename}:{exc.lineno}" if exc.filename else source
+        raise ConfigurationError(f"cannot load {source}: syntax error at {where}: {exc.msg}") from None
     except ImportError as exc:
         raise ConfigurationError(f"cannot import {source}: {exc}") from None
+    except Exception as exc:  # the user's module raised while it was imported
+        raise ConfigurationError(f"cannot load {source}: it raised {type(exc).__name__}: {exc}") from None
     return [value for name, value in vars(module).items()
             if not name.startswith("_") and inspect.isfunction(value) and value.__module__ == module.__name__]
 
 
 def _nodes(options: argparse.Namespace) -> int:
     with Client(options.gateway, timeout=options.timeout, auth_token=options.token) as client:
+        client.wait_ready(options.connect_timeout)
         nodes = client.list_nodes()
     if not nodes:
         print("no nodes")
@@ -223,6 +236,7 @@ def _call(options: argparse.Namespace) -> int:
     if not isinstance(kwargs, dict):
         raise ConfigurationError("--kwargs must be a JSON object")
     with Client(options.gateway, timeout=options.timeout, auth_token=options.token) as client:
+        client.wait_ready(options.connect_timeout)
         try:
             try:
                 result = client.call(options.function, tuple(args), kwargs, node_id=options.node_id)
@@ -255,7 +269,7 @@ def _json(text: str, what: str) -> object:
 
 def _plugins(options: argparse.Namespace) -> int:
     manager = get_plugin_manager()
-    for kind in ("transport", "retry policy", "health probe"):
+    for kind in ("transport", "retry policy", "health probe", "routing policy"):
         entries = manager.entries(kind)
         print(f"{kind}s:".replace("ys:", "ies:"))
         for name, entry in sorted(entries.items()):

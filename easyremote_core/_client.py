@@ -180,8 +180,18 @@ class AsyncClient:
         """Attempts to reconnect, successful or not (each "Attempting to reconnect...")."""
         return self._supervisor.reconnect_attempts if self._supervisor is not None else 0
 
-    async def wait_ready(self) -> None:
-        await self._link()
+    async def wait_ready(self, timeout: float | None = None) -> None:
+        """Return once linked to the gateway; ``GatewayUnavailableError`` if not within ``timeout``.
+
+        ``timeout`` defaults to the client's ``timeout``.
+        """
+        limit = self.timeout if timeout is None else number("timeout", timeout, above=0)
+        with anyio.move_on_after(limit):
+            await self._link()
+            return
+        supervisor = self._supervisor
+        reason = (supervisor.last_error if supervisor is not None else "") or "not connected"
+        raise GatewayUnavailableError(f"gateway {self.address} was not reachable within {limit:g} s ({reason})")
 
     # -- calls ----------------------------------------------------------------------------
 
@@ -512,11 +522,8 @@ class Client:
         return self._portal.call(self._client.list_nodes, timeout)
 
     def wait_ready(self, timeout: float | None = None) -> None:
-        async def wait() -> None:
-            with anyio.fail_after(timeout or self._client.timeout):
-                await self._client.wait_ready()
-
-        self._portal.call(wait)
+        """Block until linked to the gateway; ``GatewayUnavailableError`` if not within ``timeout``."""
+        self._portal.call(self._client.wait_ready, timeout)
 
     def close(self) -> None:
         thread, self._thread = self._thread, None

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import os
 import pickle
+import threading
 import traceback
 from typing import Any
+
+import anyio
 
 from google.protobuf.message import DecodeError
 
@@ -109,13 +115,38 @@ def exception_frame(call_id: str, exc: BaseException, *, code: int = ErrorCode.C
     """An Error frame that carries a Python exception's type, message and traceback text."""
     kind = type(exc)
     type_name = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
-    text = "".join(traceback.format_exception(kind, exc, exc.__traceback__))
+    text = "".join(user_traceback(exc).format())
     return pb.Envelope(
         error=pb.Error(
             call_id=call_id, code=code, message=str(exc), remote_type=type_name,
             remote_traceback=text, node_id=node_id,
         )
     )
+
+
+#: Frames from these folders are EasyRemote's and its libraries' machinery, not the user's code.
+_MACHINERY = tuple(
+    os.path.dirname(os.path.abspath(path)) + os.sep
+    for path in (__file__, os.path.join(os.path.dirname(__file__), "..", "easyremote", "_"),
+                 anyio.__file__, asyncio.__file__, concurrent.futures.__file__)
+) + (os.path.abspath(threading.__file__),)
+
+
+def user_traceback(exc: BaseException) -> traceback.TracebackException:
+    """``exc``'s traceback with only the user's own frames, in its chained exceptions too."""
+    shown = traceback.TracebackException.from_exception(exc)
+    seen: set[int] = set()
+    todo = [shown]
+    while todo:
+        part = todo.pop()
+        if id(part) in seen:
+            continue
+        seen.add(id(part))
+        part.stack = traceback.StackSummary.from_list(
+            [frame for frame in part.stack if not os.path.abspath(frame.filename).startswith(_MACHINERY)])
+        todo.extend(p for p in (part.__cause__, part.__context__) if p is not None)
+        todo.extend(getattr(part, "exceptions", None) or ())
+    return shown
 
 
 def error_from_frame(error: pb.Error) -> errors.EasyRemoteError:

@@ -10,6 +10,9 @@ from anyio.abc import SocketStream
 
 from ._address import Address
 
+#: Spreads retries and checks; its own generator, so the program's ``random`` state is left alone.
+_jitter = random.Random()
+
 #: Seconds between two looks at a refusing gateway (each a TCP connect, jittered ±20 %);
 #: also how long a look waits for an accepting gateway's first bytes before calling it hung.
 LISTEN_CHECK_INTERVAL = 0.5
@@ -61,7 +64,7 @@ async def wait_until_listening(address: Address, interval: float = LISTEN_CHECK_
             refused = True
             _hung_at.pop(key, None)
             _answering_at.pop(key, None)
-            await anyio.sleep(interval * random.uniform(0.8, 1.2))
+            await anyio.sleep(interval * _jitter.uniform(0.8, 1.2))
             continue
         try:
             if refused:

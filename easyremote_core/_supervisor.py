@@ -29,6 +29,9 @@ from ._protocol import PROTOCOL_VERSION, decode, encode, pb
 from ._retry import RetryPolicy
 from ._transport import Connection, LinkOptions, Transport
 
+#: Spreads retries and checks; its own generator, so the program's ``random`` state is left alone.
+_jitter = random.Random()
+
 logger = logging.getLogger("easyremote")
 
 #: After the gateway is seen listening again, wait up to this long (uniformly) before the
@@ -381,7 +384,7 @@ class ConnectionSupervisor:
                 async def watch_reachable() -> None:
                     await self.transport.wait_reachable(self.address, self.link_options)
                     self._log.info("Gateway %s is reachable again", self.address)
-                    await anyio.sleep(random.uniform(0, RETURN_SPREAD))
+                    await anyio.sleep(_jitter.uniform(0, RETURN_SPREAD))
                     tg.cancel_scope.cancel()
 
                 async def watch_attempt(attempt: _Attempt) -> None:

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -23,9 +24,11 @@ def add(a, b):
 @node.register
 def shout(text, times=1):
     return (text.upper() + "!") * times
+def check_disk():
+    raise RuntimeError("it broke")
 @node.register
 def fail():
-    raise RuntimeError("it broke")
+    check_disk()
 @node.register
 def countdown(n):
     yield from range(n, 0, -1)
@@ -49,7 +52,7 @@ def test_plugins_lists_every_kind_with_its_distribution() -> None:
     result = easyremote("plugins")
     assert result.returncode == 0
     for name in ("grpc", "tcp", "memory", "exponential", "full-jitter", "decorrelated-jitter", "constant",
-                 "heartbeat", "grpc-channel-state"):
+                 "heartbeat", "grpc-channel-state", "least-loaded", "round-robin", "random"):
         assert any(line.split()[:1] == [name] and "easyremote 0.1.0" in line for line in result.stdout.splitlines()), name
 
 
@@ -100,15 +103,39 @@ def test_user_errors_are_clear_and_traceback_free(served_gateway) -> None:
     assert "Traceback" not in result.stderr
     result = easyremote("call", "--gateway", address, "fail")
     assert result.returncode == 4 and "fail raised RuntimeError: it broke" in result.stderr
+    # The remote traceback shows the user's own frames, and none of EasyRemote's or anyio's.
+    assert "in check_disk" in result.stderr and "in fail" in result.stderr, result.stderr
+    assert "easyremote_core" not in result.stderr and "anyio" not in result.stderr, result.stderr
     result = easyremote("call", "--gateway", address, "missing")
     assert result.returncode == 1 and "NoNodeAvailableError" in result.stderr and "Traceback (most" not in result.stderr
     result = easyremote("call", "--gateway", "nowhere", "add")
     assert result.returncode == 1 and "must have the form 'host:port'" in result.stderr
 
 
-def test_an_unreachable_gateway_exits_3() -> None:
-    result = easyremote("nodes", "--gateway", f"127.0.0.1:{free_port()}", "--timeout", "1")
-    assert result.returncode == 3 and "gateway unavailable" in result.stderr
+@pytest.mark.parametrize("command", [["nodes"], ["call", "add", "1", "2"]])
+def test_an_unreachable_gateway_fails_within_the_connect_timeout_with_one_line(command: list[str]) -> None:
+    started = time.monotonic()
+    result = easyremote(command[0], "--gateway", f"127.0.0.1:{free_port()}", "--connect-timeout", "1",
+                        *command[1:])
+    took = time.monotonic() - started
+    assert result.returncode == 3, result.stderr
+    assert result.stderr.splitlines() == [result.stderr.strip()], result.stderr
+    assert "gateway unavailable" in result.stderr and "within 1 s" in result.stderr
+    assert took < 15, took  # the call's own --timeout (30 s) is not what it waits for
+
+
+@pytest.mark.parametrize(("source", "says"), [
+    ("def f(:\n    pass\n", "syntax error at"),
+    ("import easyremote_no_such_module\ndef f():\n    pass\n", "No module named 'easyremote_no_such_module'"),
+    ("raise RuntimeError('settings.toml is missing')\n", "it raised RuntimeError: settings.toml is missing"),
+])
+def test_a_node_file_that_cannot_load_gives_one_line_and_exit_1(tmp_path, source: str, says: str) -> None:
+    path = tmp_path / "broken_node.py"
+    path.write_text(source)
+    result = easyremote("node", "--gateway", f"127.0.0.1:{free_port()}", str(path))
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.splitlines() == [result.stderr.strip()], result.stderr
+    assert says in result.stderr and str(path) in result.stderr
 
 
 def test_gateway_refuses_bad_settings() -> None:

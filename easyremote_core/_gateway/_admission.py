@@ -12,6 +12,9 @@ from .._errors import ProtocolError
 from .._protocol import decode, pb
 from .._transport import Connection
 
+#: Spreads retries and checks; its own generator, so the program's ``random`` state is left alone.
+_jitter = random.Random()
+
 
 #: The longest node_id, function name or software string a peer may announce.
 MAX_NAME = 200
@@ -87,7 +90,7 @@ class Admission:
         if self._tokens >= 1:
             self._tokens -= 1
             return 0.0
-        wait = (1 - self._tokens) / rate * random.uniform(1.0, 1.2)
+        wait = (1 - self._tokens) / rate * _jitter.uniform(1.0, 1.2)
         if node_id:
             self._tokens -= 1  # the token of its turn
             if len(self._turns) > 4 * rate:
