@@ -7,6 +7,7 @@ import math
 
 import anyio
 
+from ._errors import ConfigurationError
 from ._probes import HealthProbe, LinkDead, LinkHealth
 from .hookspecs import hookimpl
 
@@ -30,7 +31,7 @@ class HeartbeatProbe(HealthProbe):
     async def watch(self, link: LinkHealth) -> None:
         timeout = link.heartbeat_timeout
         if not (math.isfinite(timeout) and timeout > 0):
-            raise ValueError(f"heartbeat_timeout ({timeout}) must be a finite number greater than 0")
+            raise ConfigurationError(f"heartbeat_timeout ({timeout}) must be a finite number greater than 0")
         started = anyio.current_time()
         last = link.last_received or started
         while True:

@@ -246,7 +246,12 @@ class ConnectionSupervisor:
                     f"gave up after {limit} reconnect attempts to {self.address}: {reason}"
                 )
                 raise self.fatal_error
-            delay = self.policy.next_delay(failures)
+            delay = self._next_delay(failures)
+            if delay is None:
+                self.fatal_error = GatewayUnavailableError(
+                    f"the retry policy {self.policy.name or type(self.policy).__name__!r} gave up after "
+                    f"{failures} failed attempts to {self.address}: {reason}")
+                raise self.fatal_error
             self._log.info(
                 "Reconnecting in %s seconds... (attempt %d/%s)",
                 _seconds(delay), failures, "∞" if limit is None else limit,
@@ -372,6 +377,25 @@ class ConnectionSupervisor:
         if kind == "go_away":
             raise _GoAway(reply.go_away.retry_after_ms / 1000, reply.go_away.reason or "gateway is busy")
         raise ProtocolError(f"gateway answered the handshake with {kind!r}")
+
+    def _next_delay(self, failures: int) -> float | None:
+        """The policy's delay; a policy that fails or answers nonsense costs one longest wait, not the node.
+
+        The longest wait is ``max_reconnect_interval``.
+        """
+        longest = self.settings.max_reconnect_interval
+        try:
+            delay = self.policy.next_delay(failures)
+        except Exception:
+            self._log.exception("Retry policy %r failed; waiting %g s", self.policy, longest)
+            return longest
+        if delay is None:
+            return None
+        if isinstance(delay, bool) or not isinstance(delay, (int, float)) or not 0 <= delay < math.inf:
+            self._log.error("Retry policy %r returned %r, not a delay in seconds; waiting %g s",
+                            self.policy, delay, longest)
+            return longest
+        return float(delay)
 
     async def _back_off(self, delay: float, waiting: _Attempt | None) -> _Attempt | None:
         """Wait ``delay``, or less: until the transport sees the gateway listening again, or until

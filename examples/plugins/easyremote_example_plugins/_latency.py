@@ -7,7 +7,7 @@ import math
 
 import anyio
 
-from easyremote_core import HealthProbe, LinkDead, LinkHealth
+from easyremote_core import ConfigurationError, HealthProbe, LinkDead, LinkHealth
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ class LatencyProbe(HealthProbe):
 
     def __init__(self, max_round_trip: float = 1.0) -> None:
         if not (math.isfinite(max_round_trip) and max_round_trip > 0):
-            raise ValueError(f"max_round_trip ({max_round_trip}) must be a finite number greater than 0")
+            raise ConfigurationError(f"max_round_trip ({max_round_trip}) must be a finite number greater than 0")
         self.max_round_trip = float(max_round_trip)
 
     async def watch(self, link: LinkHealth) -> None:
