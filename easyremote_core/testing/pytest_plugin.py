@@ -1,6 +1,7 @@
-"""pytest plugin for the transport contract suite: the ``--easyremote-transport`` option.
+"""pytest plugin for the contract suites: ``--easyremote-transport`` and ``--easyremote-retry-policy``.
 
-Load it with ``-p easyremote_core.testing.pytest_plugin``; see :mod:`easyremote_core.testing.contract`.
+Load it with ``-p easyremote_core.testing.pytest_plugin``; see :mod:`easyremote_core.testing.contract`
+and :mod:`easyremote_core.testing.policy_contract`.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ import pytest
 
 OPTION = "--easyremote-transport"
 DEST = "easyremote_transports"
+POLICY_OPTION = "--easyremote-retry-policy"
+POLICY_DEST = "easyremote_retry_policies"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -21,4 +24,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="NAME",
         help="run the transport contract suite against this installed transport "
         "(repeat for several; default: every installed transport)",
+    )
+    group.addoption(
+        POLICY_OPTION,
+        action="append",
+        dest=POLICY_DEST,
+        default=[],
+        metavar="NAME",
+        help="run the retry policy contract suite against this installed policy "
+        "(repeat for several; default: every installed policy)",
     )

@@ -186,3 +186,12 @@ def test_a_node_with_the_plugins_serves_calls(site: Path) -> None:
         print(json.dumps(anyio.run(main)))
     """)
     assert found == {"results": [0, 2, 4], "state": "ready", "reconnects": 0}
+
+
+def test_the_installed_policy_passes_the_retry_policy_contract_suite(site: Path) -> None:
+    # As its author would run it: the suite shipped in easyremote_core.testing, by name.
+    result = run(site, ["-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "easyremote_core.testing.pytest_plugin",
+                        "--pyargs", "easyremote_core.testing.policy_contract",
+                        "--easyremote-retry-policy", "fibonacci"])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "17 passed" in result.stdout, result.stdout
