@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib
 import importlib.util
 import inspect
@@ -10,6 +11,7 @@ import json
 import logging
 import os
 import pathlib
+import secrets
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -26,6 +28,7 @@ from easyremote_core._errors import (
     StreamingFunctionError,
 )
 from easyremote_core._gateway import Gateway
+from easyremote_core._gateway._identities import ROLES
 from easyremote_core._node import ComputeNode
 from easyremote_core._transport import TLSConfig
 
@@ -59,6 +62,8 @@ def _parser() -> argparse.ArgumentParser:
     gateway.add_argument("--also-listen", action="append", default=[], metavar="SCHEME://HOST:PORT",
                          help="listen on another transport too, e.g. tcp://0.0.0.0:8081 (repeatable)")
     gateway.add_argument("--token", default=None, help="shared secret nodes and clients must present")
+    gateway.add_argument("--credentials", default=None, metavar="FILE",
+                         help="TOML file of [[credential]] tables: per-secret roles (see easyremote token new)")
     gateway.add_argument("--heartbeat-timeout", type=float, default=15.0,
                          help="evict a node silent for this many seconds (default 15)")
     gateway.add_argument("--node-grace", type=float, default=None,
@@ -112,6 +117,16 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("plugins", help="list transports, retry policies and probes",
                         description="List every transport, retry policy and health probe with its distribution.")
 
+    token = commands.add_parser("token", help="make secrets for a gateway's credentials file")
+    token_commands = token.add_subparsers(dest="token_command", metavar="ACTION", required=True)
+    new = token_commands.add_parser("new", help="print a new secret and its [[credential]] entry")
+    new.add_argument("--role", required=True, choices=ROLES, help="what the secret's holder may do")
+    new.add_argument("--node-id", action="append", default=[], metavar="PATTERN",
+                     help="node_ids a node may claim, a glob such as 'gpu-*' (repeatable; default any)")
+    new.add_argument("--function", action="append", default=[], metavar="PATTERN",
+                     help="functions it may serve or call, globs (repeatable; default any)")
+    new.add_argument("--name", default=None, help="a name for the credential, shown in the gateway's logs")
+
     demo = commands.add_parser("demo", help="run a gateway, a node and a client, and restart the gateway",
                                description="Run a gateway, a node and a client on this machine, restart the "
                                "gateway while the client keeps calling, and report the timings.")
@@ -162,7 +177,7 @@ def _gateway(options: argparse.Namespace) -> int:
                       also_listen=options.also_listen,
                       heartbeat_timeout=options.heartbeat_timeout, node_grace=options.node_grace,
                       startup_grace=options.startup_grace,
-                      auth_token=options.token, tls=tls)
+                      auth_token=options.token, credentials=options.credentials, tls=tls)
 
     async def run() -> None:
         async with gateway:  # it logs each address it listens on, once
@@ -277,10 +292,30 @@ def _plugins(options: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _token(options: argparse.Namespace) -> int:
+    if options.role == "client" and options.node_id:
+        raise ConfigurationError("--node-id means nothing for role client")
+    secret = secrets.token_urlsafe(32)
+    lines = ["[[credential]]"]
+    lines.append(f"name = {json.dumps(options.name or f'{options.role}-{secret[:6]}')}")
+    lines.append(f"role = {json.dumps(options.role)}")
+    lines.append(f"sha256 = {json.dumps(hashlib.sha256(secret.encode()).hexdigest())}")
+    for key, patterns in (("node_ids", options.node_id), ("functions", options.function)):
+        if patterns:
+            lines.append(f"{key} = [{', '.join(json.dumps(p) for p in patterns)}]")
+    print(f"secret: {secret}")
+    print("Give the secret to the node or client (--token / auth_token=, or $EASYREMOTE_TOKEN).")
+    print("Add this entry to the gateway's credentials file; it holds only the secret's SHA-256:")
+    print()
+    print("\n".join(lines))
+    return EXIT_OK
+
+
 def _demo(options: argparse.Namespace) -> int:
     from ._demo import run_demo
 
     return run_demo(transport=options.transport, outage=options.outage)
 
 
-_COMMANDS = {"gateway": _gateway, "node": _node, "nodes": _nodes, "call": _call, "plugins": _plugins, "demo": _demo}
+_COMMANDS = {"gateway": _gateway, "node": _node, "nodes": _nodes, "call": _call, "plugins": _plugins,
+             "token": _token, "demo": _demo}

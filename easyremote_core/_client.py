@@ -6,6 +6,7 @@ import functools
 import logging
 import math
 import os
+import secrets
 import threading
 import uuid
 from collections.abc import Iterable, Iterator
@@ -109,6 +110,8 @@ class AsyncClient:
         self._supervisor: ConnectionSupervisor | None = None
         self._host: HostTask | None = None
         self._callbacks: list[StateCallback] = []
+        #: Sent in every hello: the gateway lets only this client re-attach to or cancel its calls.
+        self._key = secrets.token_bytes(16)
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -278,7 +281,7 @@ class AsyncClient:
     # -- the link -------------------------------------------------------------------------
 
     def _hello(self) -> pb.Hello:
-        return pb.Hello(role=pb.ROLE_CLIENT, token=self.auth_token or "",
+        return pb.Hello(role=pb.ROLE_CLIENT, token=self.auth_token or "", client_key=self._key,
                         heartbeat_interval=self.settings.heartbeat_interval,
                         heartbeat_timeout=self.settings.heartbeat_timeout, software="easyremote")
 

@@ -23,7 +23,7 @@ import anyio.to_thread
 
 from ._address import parse_address
 from ._config import LinkSettings, number, whole
-from ._errors import ConfigurationError, EasyRemoteError, ProtocolError
+from ._errors import AuthenticationError, ConfigurationError, EasyRemoteError, ProtocolError
 from ._link import Link
 from ._logs import console_logging
 from ._plugins import PluginManager, get_plugin_manager
@@ -31,7 +31,7 @@ from ._probes import HealthProbe
 from ._protocol import ErrorCode, dump_value, error_frame, exception_frame, load_arguments, pb
 from ._resolve import resolve_link_plugins
 from ._retry import RetryPolicy
-from ._serving import in_main_thread, run_blocking
+from ._serving import BaseExceptionGroup, in_main_thread, one_exception, run_blocking
 from ._supervisor import ConnectionState, ConnectionSupervisor, StateCallback
 from ._transport import DEFAULT_MAX_MESSAGE_SIZE, LinkOptions, TLSConfig, Transport
 
@@ -145,7 +145,7 @@ class ComputeNode:
         self._idle: anyio.Event | None = None  # set when the last running call ends while draining
         self._busy_threads: set[str] = set()  # call ids whose sync code runs in a worker thread now
         self._last_error = ""
-        self._refusal: str | None = None  # why the gateway refused the last registration
+        self._refusal: pb.Reject | None = None  # why the gateway refused the last registration
         # Diagnostics the reconnection guide shows (kept in step with the supervisor).
         self._active_executions: dict[str, _Execution] = {}
         self._execution_tasks: dict[str, anyio.CancelScope] = {}
@@ -344,7 +344,12 @@ class ComputeNode:
 
     async def __aexit__(self, *exc_info: Any) -> None:
         self.stop()
-        await self._background.__aexit__(*exc_info)
+        try:
+            await self._background.__aexit__(*exc_info)
+        except BaseExceptionGroup as group:  # the node's own failure (e.g. refused), not its task group
+            failure = one_exception(group, f"node {self.node_id}")
+            failure.__suppress_context__ = True
+            raise failure  # noqa: B904
 
     async def wait_ready(self) -> None:
         """Wait until the node is registered with the gateway (``GatewayUnavailableError`` if it stops)."""
@@ -371,7 +376,9 @@ class ComputeNode:
         link.send(self._register_frame())
         await self._registered.wait()
         if self._refusal is not None:
-            raise ProtocolError(f"the gateway refused the registration of node {self.node_id}: {self._refusal}")
+            error = AuthenticationError if self._refusal.reason == pb.Reject.REASON_AUTH else ProtocolError
+            raise error(f"the gateway refused the registration of node {self.node_id}: "
+                        f"{self._refusal.message or 'no reason given'}")
         logger.info("Registered to VPS successfully")
 
     def _on_link_lost(self, reason: str) -> None:
@@ -392,7 +399,7 @@ class ComputeNode:
                 execution.scope.cancel()
         elif kind in ("registered", "reject"):
             if kind == "reject":
-                self._refusal = envelope.reject.message or "no reason given"
+                self._refusal = envelope.reject
             if self._registered is not None:
                 self._registered.set()
         elif kind == "go_away":

@@ -15,6 +15,8 @@ from ._backend import call_soon_threadsafe, off_loop
 
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup
+else:
+    BaseExceptionGroup = BaseExceptionGroup  # re-exported: the one name for 3.10 and later
 
 T = TypeVar("T")
 

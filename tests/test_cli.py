@@ -160,3 +160,46 @@ def test_gateway_listens_on_two_transports_at_once() -> None:
             assert "INFO" in verbose.stderr
         listening = [line for line in gateway.lines() if "EasyRemote gateway listening on" in line]
         assert len(listening) == 2, listening  # one line per address, none printed twice
+
+
+def _new_token(*args: str) -> tuple[str, str]:
+    """``easyremote token new ARGS``: the secret it printed and the TOML entry for the gateway."""
+    result = easyremote("token", "new", *args)
+    assert result.returncode == 0, result.stderr
+    secret = result.stdout.splitlines()[0].removeprefix("secret: ")
+    entry = result.stdout[result.stdout.index("[[credential]]"):]
+    assert secret not in entry  # the file holds only the digest
+    return secret, entry
+
+
+def test_token_new_makes_credentials_a_gateway_enforces(tmp_path) -> None:
+    node_secret, node_entry = _new_token("--role", "node", "--node-id", "cli-node", "--name", "gpu box")
+    client_secret, client_entry = _new_token("--role", "client", "--function", "add")
+    credentials = tmp_path / "credentials.toml"
+    credentials.write_text(node_entry + "\n" + client_entry)
+    with GatewayProcess(args=("--credentials", str(credentials))) as gateway:
+        gateway.start()
+        with PythonProcess(NODE, args=(gateway.address,), name="cli-node",
+                           env={"EASYREMOTE_TOKEN": node_secret}) as node:
+            node.start()
+            node.wait_for_line("Registered to VPS successfully", 30)
+            as_client = {"EASYREMOTE_GATEWAY": gateway.address, "EASYREMOTE_TOKEN": client_secret}
+            result = easyremote("call", "add", "2", "3", env=as_client)
+            assert result.returncode == 0 and result.stdout.strip() == "5", result.stderr
+            # The client credential covers add only; the node's secret is not a client's.
+            result = easyremote("call", "shout", '"x"', env=as_client)
+            assert result.returncode == 5 and "shout" in result.stderr, result.stderr
+            result = easyremote("call", "add", "2", "3", env={**as_client, "EASYREMOTE_TOKEN": "guess"})
+            assert result.returncode == 5, result.stderr
+        # The node credential is bound to the id cli-node: the same secret under another id is refused.
+        impostor = NODE.replace('"cli-node"', '"other-node"')
+        with PythonProcess(impostor, args=(gateway.address,), name="impostor",
+                           env={"EASYREMOTE_TOKEN": node_secret}) as node:
+            node.start()
+            assert node.wait(30) != 0
+            assert "other-node" in "\n".join(node.lines())
+
+
+def test_token_new_refuses_a_node_id_for_a_client() -> None:
+    result = easyremote("token", "new", "--role", "client", "--node-id", "x")
+    assert result.returncode == 1 and "--node-id means nothing for role client" in result.stderr

@@ -18,6 +18,8 @@ _jitter = random.Random()
 
 #: The longest node_id, function name or software string a peer may announce.
 MAX_NAME = 200
+#: A client's key: 128 random bits.
+CLIENT_KEY_SIZE = 16
 
 
 def valid_name(name: str) -> bool:
@@ -71,6 +73,9 @@ class Admission:
             value = getattr(hello, field)
             if value != 0 and not (math.isfinite(value) and low <= value <= high):  # 0: not announced
                 return _bad(f"{field} ({value:g}) must be between {low:g} and {high:g} seconds")
+        if hello.role == pb.ROLE_CLIENT and len(hello.client_key) not in (0, CLIENT_KEY_SIZE):
+            return _bad(f"client_key must be {CLIENT_KEY_SIZE} bytes, got {len(hello.client_key)}",
+                        pb.Reject.REASON_PROTOCOL)
         if len(hello.software) > MAX_NAME:
             return _bad(f"software must be at most {MAX_NAME} characters")
         return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -9,6 +10,7 @@ from dataclasses import dataclass, field
 import anyio
 
 from .._protocol import ErrorCode, code_name, error_frame, pb
+from ._identities import ANYONE, Credential
 from ._registry import NodeSession, Peer, Registry
 from ._router import Refused, Routed, Router
 
@@ -29,6 +31,7 @@ class Call:
     deliveries: int = 0
     started: float = 0.0
     held: list[pb.Envelope] = field(default_factory=list)  # answers held while the client is away
+    owner: tuple[bytes, Credential] = (b"", ANYONE)  # the caller's key and credential
 
 
 class CallTable:
@@ -51,7 +54,18 @@ class CallTable:
     # -- from clients ---------------------------------------------------------------------
 
     def accept(self, client: Peer, request: pb.CallRequest) -> None:
+        if not client.credential.covers(request.function):
+            client.link.send(error_frame(request.call_id, ErrorCode.CODE_FORBIDDEN,
+                                         f"credential {client.credential.name!r} may not call "
+                                         f"{request.function[:200]!r}"))
+            return
         existing = self.calls.get(request.call_id)
+        if existing is not None and not _same_owner(existing, client):
+            logger.warning("Refused client %s: call %s belongs to another caller", client.peer,
+                           request.call_id[:64])
+            client.link.send(error_frame(request.call_id, ErrorCode.CODE_FORBIDDEN,
+                                         f"call {request.call_id[:64]} belongs to another caller"))
+            return
         if existing is not None:  # the client reconnected and asks again: re-attach
             existing.client = client
             client.calls[request.call_id] = existing
@@ -64,14 +78,15 @@ class CallTable:
         # A call asked again (attempt > 1) that this gateway does not know was lost with the
         # link (or with a gateway restart); dispatch decides, once a node says whether the
         # function is idempotent, whether it may run again.
-        call = Call(request=request, client=client, started=anyio.current_time(), asked_again=request.attempt > 1)
+        call = Call(request=request, client=client, started=anyio.current_time(), asked_again=request.attempt > 1,
+                    owner=(client.key, client.credential))
         self.calls[request.call_id] = call
         client.calls[request.call_id] = call
         self.dispatch(call)
 
     def cancel(self, client: Peer, cancel: pb.Cancel) -> None:
         call = self.calls.get(cancel.call_id)
-        if call is not None and call.client is client:
+        if call is not None and _same_owner(call, client):
             if call.node is not None:
                 call.node.link.send(pb.Envelope(cancel=cancel))
             self.forget(call)
@@ -207,3 +222,9 @@ class CallTable:
 
     def clear(self) -> None:
         self.calls.clear()
+
+
+def _same_owner(call: Call, client: Peer) -> bool:
+    """Whether ``client`` is the caller of ``call``: the same client key and the same credential."""
+    key, credential = call.owner
+    return hmac.compare_digest(key, client.key) and credential == client.credential

@@ -5,8 +5,9 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import secrets
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -26,7 +27,7 @@ from .._transport import DEFAULT_MAX_MESSAGE_SIZE, Connection, LinkOptions, List
 from ._admission import Admission
 from ._hosting import ServingLifecycle
 from ._calls import CallTable
-from ._identities import Identities
+from ._identities import ANYONE, Credential, Identities
 from ._registry import NodeSession, Peer, Registry
 from .._routing import RoutingPolicy
 from ._router import Router
@@ -54,6 +55,7 @@ class Gateway(ServingLifecycle):
         also_listen: Iterable[str] = (),
         heartbeat_timeout: float = 15.0,
         auth_token: str | Iterable[str] | None = None,
+        credentials: Mapping[str, Mapping[str, Any]] | str | os.PathLike[str] | None = None,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         node_grace: float | None = None,
         startup_grace: float | None = None,
@@ -79,7 +81,7 @@ class Gateway(ServingLifecycle):
         self.max_message_size = whole("max_message_size", max_message_size, minimum=1024)
         self.max_handshake_rate = number("max_handshake_rate", max_handshake_rate, minimum=1)
         self.max_functions = whole("max_functions", max_functions, minimum=1)
-        self._identities = Identities(auth_token)
+        self._identities = Identities(auth_token, credentials)
         self._transport_choice = transport
         self.transport_name = transport_name(transport)
         self._also_listen = [parse_address(text, parameter="also_listen", allow_port_zero=True) for text in also_listen]
@@ -198,6 +200,11 @@ class Gateway(ServingLifecycle):
                 "No auth_token is set: anyone who can reach %s:%d can register nodes and run code on them",
                 self.host, self.port,
             )
+        elif self._identities.shared and not self._identities.has_credentials:
+            logger.warning(
+                "auth_token is one secret for every role: anyone who holds it can act as a node and "
+                "answer calls with pickles that run code on clients; give nodes and clients their own "
+                "credentials (credentials=, easyremote token new)")
 
     async def _end_startup_grace(self) -> None:
         await anyio.sleep(self.startup_grace)
@@ -243,9 +250,10 @@ class Gateway(ServingLifecycle):
         except (TimeoutError, anyio.EndOfStream, EasyRemoteError):
             return  # a peer that left or never spoke (e.g. a reachability check)
         refusal = self._admission.check(hello)
+        credential = ANYONE
         if refusal is None:
-            credential = self._identities.authenticate(hello)
-            refusal = credential if isinstance(credential, pb.Reject) else None
+            found = self._identities.authenticate(hello)
+            refusal, credential = (found, ANYONE) if isinstance(found, pb.Reject) else (None, found)
         if refusal is not None:
             logger.warning("Refused %s from %s: %s", _role(hello), connection.peer, refusal.message)
             await _send_quietly(connection, pb.Envelope(reject=refusal))
@@ -257,9 +265,9 @@ class Gateway(ServingLifecycle):
                 retry_after_ms=int(wait * 1000), reason="gateway is busy accepting other peers")))
             return
         if hello.role == pb.ROLE_NODE:
-            await self._serve_node(connection, hello)
+            await self._serve_node(connection, hello, credential)
         else:
-            await self._serve_client(connection, hello)
+            await self._serve_client(connection, hello, credential)
 
     def _new_link(self, connection: Connection, hello: pb.Hello, on_frame: Callable[[pb.Envelope], None],
                   name: str) -> Link:
@@ -281,9 +289,9 @@ class Gateway(ServingLifecycle):
             protocol_version=PROTOCOL_VERSION, session_id=uuid.uuid4().hex,
             gateway_id=self.gateway_id, max_message_size=self.max_message_size)))
 
-    async def _serve_node(self, connection: Connection, hello: pb.Hello) -> None:
+    async def _serve_node(self, connection: Connection, hello: pb.Hello, credential: Credential) -> None:
         session = NodeSession(link=None, peer=connection.peer, node_id=hello.node_id,  # type: ignore[arg-type]
-                              connected_at=anyio.current_time())
+                              connected_at=anyio.current_time(), credential=credential)
         session.link = self._new_link(connection, hello, lambda envelope: self._on_node_frame(session, envelope),
                                       f"node {hello.node_id}")
         self._nodes.connect(session)
@@ -292,8 +300,9 @@ class Gateway(ServingLifecycle):
         session.link.on_end = lambda reason: self._nodes.ended(session, reason)
         await session.link.run()
 
-    async def _serve_client(self, connection: Connection, hello: pb.Hello) -> None:
-        client = Peer(link=None, peer=connection.peer)  # type: ignore[arg-type]
+    async def _serve_client(self, connection: Connection, hello: pb.Hello, credential: Credential) -> None:
+        client = Peer(link=None, peer=connection.peer, credential=credential,  # type: ignore[arg-type]
+                      key=hello.client_key or secrets.token_bytes(16))
         client.link = self._new_link(connection, hello, lambda envelope: self._on_client_frame(client, envelope),
                                      f"client {connection.peer}")
         self._welcome(client.link)
@@ -306,12 +315,11 @@ class Gateway(ServingLifecycle):
     def _on_node_frame(self, session: NodeSession, envelope: pb.Envelope) -> None:
         kind = envelope.WhichOneof("body")
         if kind == "register":
-            problem = self._nodes.check(envelope.register)
-            if problem:
-                logger.warning("Refused the registration of node %s: %s", session.node_id, problem)
-                session.link.send(pb.Envelope(reject=pb.Reject(reason=pb.Reject.REASON_BAD_REQUEST,
-                                                               message=problem)))
-                session.link.close(f"registration refused: {problem}")
+            refusal = self._nodes.check(envelope.register, session.credential)
+            if refusal is not None:
+                logger.warning("Refused the registration of node %s: %s", session.node_id, refusal.message)
+                session.link.send(pb.Envelope(reject=refusal))
+                session.link.close(f"registration refused: {refusal.message}")
                 return
             names = self._nodes.register(session, envelope.register)
             session.link.send(pb.Envelope(registered=pb.Registered(functions=names)))
@@ -329,7 +337,8 @@ class Gateway(ServingLifecycle):
         elif kind == "cancel":
             self._call_table.cancel(client, envelope.cancel)
         elif kind == "list_nodes":
-            client.link.send(pb.Envelope(node_list=self._nodes.node_list(envelope.list_nodes.request_id)))
+            client.link.send(pb.Envelope(node_list=self._nodes.node_list(
+                envelope.list_nodes.request_id, details=client.credential.sees_details)))
         else:
             logger.debug("Ignoring a %s frame from client %s", kind, client.peer)
 

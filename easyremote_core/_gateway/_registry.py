@@ -13,6 +13,7 @@ import anyio
 from .._link import Link
 from .._protocol import pb
 from ._admission import MAX_NAME, valid_name
+from ._identities import ANYONE, Credential
 
 if TYPE_CHECKING:
     from .._plugins import PluginManager
@@ -33,6 +34,9 @@ class Peer:
     link: Link
     peer: str
     calls: dict[str, Call] = field(default_factory=dict)
+    credential: Credential = ANYONE
+    #: Whose calls these are: a client's key (the same across its reconnects), else one of its own.
+    key: bytes = b""
 
 
 @dataclass(eq=False)
@@ -114,8 +118,19 @@ class Registry:
             old.forget_timer.cancel()
         self._on_lost(old, "the node reconnected (its earlier session was replaced)")
 
-    def check(self, register: pb.Register) -> str:
-        """What is wrong with a registration, in words; empty when it is acceptable."""
+    def check(self, register: pb.Register, credential: Credential = ANYONE) -> pb.Reject | None:
+        """What is wrong with a registration, as the refusal the node gets; ``None`` when it is acceptable."""
+        problem = self._problem(register)
+        if problem:
+            return pb.Reject(reason=pb.Reject.REASON_BAD_REQUEST, message=problem)
+        for spec in register.functions:
+            if not credential.covers(spec.name):
+                return pb.Reject(reason=pb.Reject.REASON_AUTH, message=(
+                    f"credential {credential.name!r} may not serve {spec.name!r} "
+                    f"(allowed: {', '.join(credential.functions)})"))
+        return None
+
+    def _problem(self, register: pb.Register) -> str:
         if len(register.functions) > self.max_functions:
             return f"{len(register.functions)} functions are more than max_functions ({self.max_functions})"
         for spec in register.functions:
@@ -195,11 +210,13 @@ class Registry:
 
     # -- queries --------------------------------------------------------------------------
 
-    def node_list(self, request_id: str) -> pb.NodeList:
+    def node_list(self, request_id: str, *, details: bool = True) -> pb.NodeList:
+        """Every node; ``details`` adds each node's address (for admins)."""
         now = anyio.current_time()
         return pb.NodeList(request_id=request_id, nodes=[
             pb.NodeInfo(node_id=n.node_id, functions=sorted(n.functions), state=n.state, in_flight=len(n.calls),
-                        max_queue_size=n.max_queue_size, connected_for=now - n.connected_at, peer=n.peer)
+                        max_queue_size=n.max_queue_size, connected_for=now - n.connected_at,
+                        peer=n.peer if details else "")
             for n in self.nodes.values()
         ])
 

@@ -60,7 +60,7 @@ def test_bad_gateway_parameters() -> None:
         Gateway(port=-1)
     with pytest.raises(ConfigurationError, match=r"heartbeat_timeout \(0\) must be greater than 0"):
         Gateway(heartbeat_timeout=0)
-    with pytest.raises(ConfigurationError, match="auth_token must not be empty"):
+    with pytest.raises(ConfigurationError, match="auth_token must be a non-empty string"):
         Gateway(auth_token="")
 
 

@@ -42,15 +42,19 @@ async def test_without_a_token_the_gateway_warns(caplog) -> None:
     assert any("No auth_token is set: anyone who can reach" in r.getMessage() for r in caplog.records)
 
 
-async def test_a_node_id_cannot_be_taken_over_with_another_token() -> None:
-    async with Gateway(port=0, host="127.0.0.1", transport="tcp", auth_token=["alice-token", "bob-token"],
+async def test_a_node_id_cannot_be_taken_over_with_another_credential() -> None:
+    credentials = {"alice-token": {"role": "node", "node_ids": ["alice-*"]},
+                   "bob-token": {"role": "node", "node_ids": ["bob-*"]},
+                   "caller-token": {"role": "client"}}
+    async with Gateway(port=0, host="127.0.0.1", transport="tcp", credentials=credentials,
                        startup_grace=0) as gw:
         async with running_node(gw, "alice-gpu", adder, auth_token="alice-token"):
             thief = ComputeNode(f"tcp://127.0.0.1:{gw.port}", "alice-gpu", auth_token="bob-token")
             adder(thief)
-            with anyio.fail_after(10), pytest.raises(AuthenticationError, match="belongs to a peer with another token"):
+            with anyio.fail_after(10), pytest.raises(AuthenticationError,
+                                                     match="may not claim node_id 'alice-gpu'"):
                 await thief.run()
-            async with client_for(gw, auth_token="bob-token") as client:
+            async with client_for(gw, auth_token="caller-token") as client:
                 assert await client.execute("add", 1, 1) == 2  # still served by alice's node
 
 

@@ -22,9 +22,11 @@ FAST = dict(heartbeat_interval=0.5, heartbeat_timeout=2.0, reconnect_interval=0.
 
 
 @contextmanager
-def gateway_process(transport: str, heartbeat_timeout: float = 2.0, node_grace: float = 30.0) -> Iterator[GatewayProcess]:
+def gateway_process(transport: str, heartbeat_timeout: float = 2.0, node_grace: float = 30.0,
+                    extra_args: tuple[str, ...] = ()) -> Iterator[GatewayProcess]:
     """A gateway that notices a silent node fast but lets calls wait long for it to return."""
-    args = ("--transport", transport, "--heartbeat-timeout", str(heartbeat_timeout), "--node-grace", str(node_grace))
+    args = ("--transport", transport, "--heartbeat-timeout", str(heartbeat_timeout), "--node-grace", str(node_grace),
+            *extra_args)
     with GatewayProcess(args=args) as gateway:
         gateway.start()
         yield gateway
