@@ -30,7 +30,7 @@ from easyremote_core._errors import (
 from easyremote_core._gateway import Gateway
 from easyremote_core._gateway._identities import ROLES
 from easyremote_core._node import ComputeNode
-from easyremote_core._transport import TLSConfig
+from easyremote_core._transport import DEFAULT_MAX_MESSAGE_SIZE, TLSConfig
 
 from . import __version__
 
@@ -71,6 +71,13 @@ def _parser() -> argparse.ArgumentParser:
     gateway.add_argument("--startup-grace", type=float, default=None,
                          help="after start, how long calls for functions nobody registered yet wait for nodes "
                          "to return (default: --heartbeat-timeout)")
+    gateway.add_argument("--max-message-size", type=_size, default=DEFAULT_MAX_MESSAGE_SIZE, metavar="BYTES",
+                         help="largest frame accepted, e.g. 16MiB (default 64MiB)")
+    gateway.add_argument("--max-peer-buffer", type=_size, default=None, metavar="BYTES",
+                         help="cut off a peer once this much waits to be sent to it "
+                         "(default: 64MiB or 4 x --max-message-size, whichever is larger)")
+    gateway.add_argument("--handshake-timeout", type=float, default=10.0,
+                         help="close a connection that has not finished its handshake after this long (default 10)")
     gateway.add_argument("--tls-cert", help="server certificate (PEM) to serve TLS")
     gateway.add_argument("--tls-key", help="private key (PEM) of --tls-cert")
     gateway.add_argument("--tls-client-ca", help="require client certificates signed by this CA (PEM)")
@@ -176,7 +183,8 @@ def _gateway(options: argparse.Namespace) -> int:
     gateway = Gateway(port=options.port, host=options.host, transport=options.transport,
                       also_listen=options.also_listen,
                       heartbeat_timeout=options.heartbeat_timeout, node_grace=options.node_grace,
-                      startup_grace=options.startup_grace,
+                      startup_grace=options.startup_grace, max_message_size=options.max_message_size,
+                      max_peer_buffer=options.max_peer_buffer, handshake_timeout=options.handshake_timeout,
                       auth_token=options.token, credentials=options.credentials, tls=tls)
 
     async def run() -> None:
@@ -290,6 +298,22 @@ def _plugins(options: argparse.Namespace) -> int:
         for name, entry in sorted(entries.items()):
             print(f"  {name:24} {entry.distribution:24} (plugin {entry.plugin})")
     return EXIT_OK
+
+
+_UNITS = {"": 1, "B": 1, "KB": 1000, "KIB": 1024, "MB": 1000**2, "MIB": 1024**2, "GB": 1000**3, "GIB": 1024**3}
+
+
+def _size(text: str) -> int:
+    """``16MiB``, ``500KB``, ``1048576``: a size in bytes."""
+    number = text.strip().rstrip("BbIiKkMmGg")
+    unit = text.strip()[len(number):].upper()
+    try:
+        value = float(number)
+    except ValueError:
+        value = -1.0
+    if unit not in _UNITS or not 0 <= value < 2**63 or value != value:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size (e.g. 1048576, 500KB, 16MiB)")
+    return int(value * _UNITS[unit])
 
 
 def _token(options: argparse.Namespace) -> int:

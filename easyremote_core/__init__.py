@@ -26,7 +26,7 @@ from ._protocol import PROTOCOL_VERSION
 from ._reachability import wait_until_listening
 from ._retry import RetryPolicy
 from ._routing import NodeLoad, RoutingPolicy
-from ._transport import Connection, ConnectionHandler, LinkOptions, Listener, TLSConfig, Transport
+from ._transport import Connection, ConnectionAttribute, ConnectionHandler, LinkOptions, Listener, TLSConfig, Transport
 from .hookspecs import hookimpl
 
 __all__ = [
@@ -35,6 +35,7 @@ __all__ = [
     "CallTimeoutError",
     "ConfigurationError",
     "Connection",
+    "ConnectionAttribute",
     "ConnectionHandler",
     "ConnectionLostError",
     "EasyRemoteError",

@@ -259,15 +259,22 @@ class AsyncClient:
         link.send(pb.Envelope(call=pending.request))
 
     async def list_nodes(self, timeout: float | None = None) -> list[NodeInfo]:
-        """The nodes the gateway knows, with their functions and state."""
+        """The nodes the gateway knows, with their functions and state (every page of them)."""
         request_id = uuid.uuid4().hex
         send, receive = anyio.create_memory_object_stream[pb.NodeList](1)
         self._queries[request_id] = send
+        nodes: list[pb.NodeInfo] = []
         try:
             with anyio.fail_after(timeout or self.timeout):
-                link = await self._link()
-                link.send(pb.Envelope(list_nodes=pb.ListNodes(request_id=request_id)))
-                reply = await receive.receive()
+                token = ""
+                while True:
+                    link = await self._link()
+                    link.send(pb.Envelope(list_nodes=pb.ListNodes(request_id=request_id, page_token=token)))
+                    reply = await receive.receive()
+                    nodes.extend(reply.nodes)
+                    if not reply.next_page_token or reply.next_page_token <= token:
+                        break
+                    token = reply.next_page_token
         except TimeoutError:
             raise GatewayUnavailableError(f"gateway {self.address} did not answer list_nodes in time") from None
         finally:
@@ -276,7 +283,7 @@ class AsyncClient:
             receive.close()
         return [NodeInfo(node_id=n.node_id, functions=tuple(n.functions), state=n.state, in_flight=n.in_flight,
                          max_queue_size=n.max_queue_size, connected_for=n.connected_for, peer=n.peer)
-                for n in reply.nodes]
+                for n in nodes]
 
     # -- the link -------------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ from anyio.abc import TaskGroup
 from ._errors import ConnectionLostError, EasyRemoteError, MessageTooLargeError, ProtocolError
 from ._probes import HealthProbe, LinkDead, LinkHealth
 from ._protocol import decode, encode, pb
-from ._transport import Connection
+from ._transport import Connection, ConnectionAttribute
 
 logger = logging.getLogger("easyremote.link")
 
@@ -43,6 +43,7 @@ class Link:
         send_heartbeats: bool,
         peer_name: str,
         many_peers: bool = False,
+        max_buffer: float = math.inf,
     ) -> None:
         self.connection = connection
         self.health = LinkHealth(
@@ -58,11 +59,15 @@ class Link:
         self._probes = list(probes)
         self._send_heartbeats = send_heartbeats
         self._outbox_in, self._outbox = anyio.create_memory_object_stream[bytes](math.inf)
+        self._outbox_bytes = 0  # bytes in the outbox, not yet given to the connection
+        self.max_buffer = max_buffer  # past this many bytes queued towards the peer, it is cut off
         # A connection that queues frames itself (``send_nowait``) takes them straight from
         # ``send``; one that writes several frames at once (``send_many``) gets every frame
-        # queued while it wrote the previous ones. Both are optional beyond ``Connection``.
-        self._send_nowait: Callable[[bytes], None] | None = getattr(connection, "send_nowait", None)
-        self._send_many: Callable[[list[bytes]], Awaitable[None]] | None = getattr(connection, "send_many", None)
+        # queued while it wrote the previous ones. See ``ConnectionAttribute``.
+        self._send_nowait: Callable[[bytes], None] | None = connection.extra(ConnectionAttribute.send_nowait, None)
+        self._send_many: Callable[[list[bytes]], Awaitable[None]] | None = connection.extra(
+            ConnectionAttribute.send_many, None)
+        self._buffered: Callable[[], int] = connection.extra(ConnectionAttribute.buffered_bytes, _nothing)
         self._task_group: TaskGroup | None = None
         self._heartbeat_seq = 0
         self.last_received_wall = time.time()  # wall clock of the last frame, for people reading status
@@ -74,19 +79,52 @@ class Link:
     # -- sending -------------------------------------------------------------------------
 
     def send(self, envelope: pb.Envelope) -> None:
-        """Queue one envelope; it is sent in order. Never blocks."""
+        """Queue one envelope; it is sent in order. Never blocks.
+
+        A peer that lets more than ``max_buffer`` bytes pile up towards it (it stopped
+        reading) is cut off: its link ends and what was queued for it is dropped.
+        """
+        frame = encode(envelope)
         if self._send_nowait is not None:
             try:
-                self._send_nowait(encode(envelope))
+                self._send_nowait(frame)
             except MessageTooLargeError as exc:  # senders check sizes first; never let one frame end the link
                 logger.error("Dropped a frame to %s: %s", self.health.peer_name, exc)
+                return
             except ConnectionLostError:
-                pass  # the link has ended (its receiver reports why); calls are settled by their owners
+                return  # the link has ended (its receiver reports why); calls are settled by their owners
+        else:
+            try:
+                self._outbox_in.send_nowait(frame)
+            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                return  # the link has ended; its calls are settled by whoever owns them
+            self._outbox_bytes += len(frame)
+        if self._outbox_bytes + self._buffered() > self.max_buffer:
+            self._cut_off()
+
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes queued towards the peer and not yet written."""
+        return self._outbox_bytes + self._buffered()
+
+    def _cut_off(self) -> None:
+        if self.end_reason:
             return
-        try:
-            self._outbox_in.send_nowait(encode(envelope))
-        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-            pass  # the link has ended; its calls are settled by whoever owns them
+        queued = self.queued_bytes
+        logger.warning("Cut off %s: %d bytes wait to be sent to it, above max_peer_buffer (%d); "
+                       "it stopped reading", self.health.peer_name, queued, self.max_buffer)
+        self._orderly = False
+        self._end(f"cut off: the peer stopped reading ({queued} bytes queued, max_peer_buffer {self.max_buffer})")
+        self._discard_outbox()
+
+    def _discard_outbox(self) -> None:
+        self._outbox_in.close()
+        while True:
+            try:
+                self._outbox.receive_nowait()
+            except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+                break
+        self._outbox_bytes = 0
 
     def start_soon(self, func: Callable[..., Any], *args: Any) -> None:
         """Run a task that lives as long as this link."""
@@ -156,6 +194,7 @@ class Link:
         try:
             async for frame in outbox:
                 if self._send_many is None:
+                    self._outbox_bytes -= len(frame)
                     await self._send_one(frame)
                     continue
                 frames = [frame]
@@ -164,6 +203,7 @@ class Link:
                         frames.append(outbox.receive_nowait())
                     except (anyio.WouldBlock, anyio.EndOfStream):
                         break
+                self._outbox_bytes -= sum(map(len, frames))
                 if len(frames) == 1:
                     await self._send_one(frame)
                     continue
@@ -226,6 +266,10 @@ class Link:
             logger.error("Health probe %r failed on %s, ending the link: %s: %s", probe.name,
                          self.health.peer_name, type(exc).__name__, exc)
             self._end(f"health probe {probe.name!r} failed: {type(exc).__name__}: {exc}")
+
+
+def _nothing() -> int:
+    return 0
 
 
 def _describe(exc: BaseException) -> str:

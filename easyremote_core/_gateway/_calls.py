@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -18,6 +19,8 @@ logger = logging.getLogger("easyremote.gateway")
 
 #: How many times an idempotent call is sent to a node before a lost node fails it.
 MAX_DELIVERIES = 3
+#: Calls one client may have in flight at once.
+MAX_CALLS_PER_CLIENT = 10_000
 TERMINAL = frozenset({"result", "error", "end"})
 
 
@@ -31,6 +34,7 @@ class Call:
     deliveries: int = 0
     started: float = 0.0
     held: list[pb.Envelope] = field(default_factory=list)  # answers held while the client is away
+    caller: Peer | None = None  # the client session that asked last, present or not
     owner: tuple[bytes, Credential] = (b"", ANYONE)  # the caller's key and credential
 
 
@@ -38,15 +42,17 @@ class CallTable:
     """Routes calls to nodes and answers back to their callers, across lost links on either side.
 
     ``grace`` bounds how long a call waits for a node to come back, and how long answers
-    are held for a caller that lost its link.
+    are held for a caller that lost its link; ``max_held_bytes`` bounds how much is held
+    for one absent caller (past it, its calls fail and their answers are dropped).
     """
 
     def __init__(self, *, gateway_id: str, registry: Registry, router: Router, grace: float,
-                 notify: Callable[..., None], spawn: Callable[..., None]) -> None:
+                 notify: Callable[..., None], spawn: Callable[..., None], max_held_bytes: float = math.inf) -> None:
         self.gateway_id = gateway_id
         self.registry = registry
         self.router = router
         self.grace = grace
+        self.max_held_bytes = max_held_bytes
         self._notify = notify
         self._spawn = spawn
         self.calls: dict[str, Call] = {}
@@ -69,19 +75,30 @@ class CallTable:
         if existing is not None:  # the client reconnected and asks again: re-attach
             existing.client = client
             client.calls[request.call_id] = existing
-            held, existing.held = existing.held, []
+            held = self._release_held(existing)
+            self._count(existing, -1)
+            existing.caller = client
+            self._count(existing, +1)
             for envelope in held:
                 client.link.send(envelope)
                 if envelope.WhichOneof("body") in TERMINAL:
                     self.forget(existing)
             return
+        size = len(request.payload)
+        if len(client.calls) >= MAX_CALLS_PER_CLIENT or client.call_bytes + size > self.max_held_bytes:
+            client.link.send(error_frame(request.call_id, ErrorCode.CODE_NODE_BUSY, (
+                f"the gateway keeps at most {MAX_CALLS_PER_CLIENT} calls and {self.max_held_bytes} bytes "
+                f"(max_peer_buffer) of arguments per client; this client has {len(client.calls)} calls and "
+                f"{client.call_bytes} bytes waiting for answers")))
+            return
         # A call asked again (attempt > 1) that this gateway does not know was lost with the
         # link (or with a gateway restart); dispatch decides, once a node says whether the
         # function is idempotent, whether it may run again.
         call = Call(request=request, client=client, started=anyio.current_time(), asked_again=request.attempt > 1,
-                    owner=(client.key, client.credential))
+                    owner=(client.key, client.credential), caller=client)
         self.calls[request.call_id] = call
         client.calls[request.call_id] = call
+        self._count(call, +1)
         self.dispatch(call)
 
     def cancel(self, client: Peer, cancel: pb.Cancel) -> None:
@@ -194,8 +211,45 @@ class CallTable:
     def _deliver(self, call: Call, envelope: pb.Envelope) -> None:
         if call.client is not None:
             call.client.link.send(envelope)
-        else:
-            call.held.append(envelope)
+            return
+        caller = call.caller
+        size = envelope.ByteSize()
+        if caller is not None and caller.held_bytes + size > self.max_held_bytes:
+            self._drop_held(caller)
+            return
+        call.held.append(envelope)
+        if caller is not None:
+            caller.held_bytes += size
+
+    @staticmethod
+    def _count(call: Call, sign: int) -> None:
+        if call.caller is not None:
+            call.caller.call_bytes += sign * len(call.request.payload)
+
+    def _release_held(self, call: Call) -> list[pb.Envelope]:
+        held, call.held = call.held, []
+        if call.caller is not None:
+            call.caller.held_bytes -= sum(envelope.ByteSize() for envelope in held)
+        return held
+
+    def _drop_held(self, caller: Peer) -> None:
+        """An absent caller's answers outgrew ``max_held_bytes``: fail its calls, keeping only the errors."""
+        logger.warning("Dropped the answers held for client %s: more than %d bytes while it was away",
+                       caller.peer, self.max_held_bytes)
+        for call in list(caller.calls.values()):
+            if call.client is not None or self.calls.get(call.request.call_id) is not call:
+                continue
+            self._release_held(call)
+            if call.node is not None:
+                call.node.link.send(pb.Envelope(cancel=pb.Cancel(
+                    call_id=call.request.call_id, reason="its answers outgrew what the gateway holds")))
+                call.node.calls.pop(call.request.call_id, None)
+                self.registry.leave_when_idle(call.node)
+                call.node = None
+            call.held.append(error_frame(
+                call.request.call_id, ErrorCode.CODE_CANCELLED,
+                f"the answers of call {call.request.call_id} of {call.request.function!r} were dropped: "
+                f"more than max_peer_buffer ({self.max_held_bytes} bytes) waited for the caller while it was away"))
 
     def finish(self, call: Call, envelope: pb.Envelope) -> None:
         self._deliver(call, envelope)
@@ -211,9 +265,12 @@ class CallTable:
         # else: kept, answer held, until the caller re-attaches or _forget_orphans_later drops it
 
     def forget(self, call: Call) -> None:
+        if call.held:
+            self._release_held(call)
         call_id = call.request.call_id
         if self.calls.get(call_id) is call:
             del self.calls[call_id]
+            self._count(call, -1)
         if call.node is not None:
             call.node.calls.pop(call_id, None)
             self.registry.leave_when_idle(call.node)

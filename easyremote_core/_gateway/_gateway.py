@@ -36,6 +36,8 @@ logger = logging.getLogger("easyremote.gateway")
 
 ROUTING_ENV = "EASYREMOTE_ROUTING"
 DEFAULT_ROUTING = "least-loaded"
+#: The smallest default max_peer_buffer; the default is this or 4 × max_message_size.
+MIN_PEER_BUFFER = 64 * 1024 * 1024
 
 
 class Gateway(ServingLifecycle):
@@ -57,6 +59,7 @@ class Gateway(ServingLifecycle):
         auth_token: str | Iterable[str] | None = None,
         credentials: Mapping[str, Mapping[str, Any]] | str | os.PathLike[str] | None = None,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        max_peer_buffer: int | None = None,
         node_grace: float | None = None,
         startup_grace: float | None = None,
         handshake_timeout: float = 10.0,
@@ -79,6 +82,8 @@ class Gateway(ServingLifecycle):
             "startup_grace", startup_grace, minimum=0)
         self.handshake_timeout = number("handshake_timeout", handshake_timeout, above=0)
         self.max_message_size = whole("max_message_size", max_message_size, minimum=1024)
+        self.max_peer_buffer = (max(MIN_PEER_BUFFER, 4 * self.max_message_size) if max_peer_buffer is None
+                                else whole("max_peer_buffer", max_peer_buffer, minimum=self.max_message_size))
         self.max_handshake_rate = number("max_handshake_rate", max_handshake_rate, minimum=1)
         self.max_functions = whole("max_functions", max_functions, minimum=1)
         self._identities = Identities(auth_token, credentials)
@@ -218,7 +223,8 @@ class Gateway(ServingLifecycle):
                                   on_lost=lambda session, reason: self._call_table.node_lost(session, reason))
         self._router = Router(self._registry, self._routing)
         self._calls = CallTable(gateway_id=self.gateway_id, registry=self._registry, router=self._router,
-                                grace=self.node_grace, notify=self._notify, spawn=self._spawn)
+                                grace=self.node_grace, notify=self._notify, spawn=self._spawn,
+                                max_held_bytes=self.max_peer_buffer)
 
     @property
     def _call_table(self) -> CallTable:
@@ -282,6 +288,7 @@ class Gateway(ServingLifecycle):
             send_heartbeats=False,
             peer_name=name,
             many_peers=True,
+            max_buffer=self.max_peer_buffer,
         )
 
     def _welcome(self, link: Link) -> None:
@@ -338,7 +345,7 @@ class Gateway(ServingLifecycle):
             self._call_table.cancel(client, envelope.cancel)
         elif kind == "list_nodes":
             client.link.send(pb.Envelope(node_list=self._nodes.node_list(
-                envelope.list_nodes.request_id, details=client.credential.sees_details)))
+                envelope.list_nodes, details=client.credential.sees_details)))
         else:
             logger.debug("Ignoring a %s frame from client %s", kind, client.peer)
 

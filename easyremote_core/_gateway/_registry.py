@@ -27,6 +27,12 @@ MAX_CONCURRENCY = 100_000
 MAX_SECONDS = 30 * 86400.0
 
 
+#: Nodes per page of a node list: the default, the most a client may ask for, and a byte bound.
+PAGE_SIZE = 100
+MAX_PAGE_SIZE = 500
+PAGE_BYTES = 1024 * 1024
+
+
 @dataclass(eq=False)
 class Peer:
     """One connected node or client."""
@@ -37,6 +43,10 @@ class Peer:
     credential: Credential = ANYONE
     #: Whose calls these are: a client's key (the same across its reconnects), else one of its own.
     key: bytes = b""
+    #: Bytes of answers held for this client's calls since its link ended.
+    held_bytes: int = 0
+    #: Bytes of the requests of this client's calls the gateway keeps (until each is answered).
+    call_bytes: int = 0
 
 
 @dataclass(eq=False)
@@ -210,15 +220,25 @@ class Registry:
 
     # -- queries --------------------------------------------------------------------------
 
-    def node_list(self, request_id: str, *, details: bool = True) -> pb.NodeList:
-        """Every node; ``details`` adds each node's address (for admins)."""
+    def node_list(self, request: pb.ListNodes, *, details: bool = True) -> pb.NodeList:
+        """One page of the nodes, in node_id order after ``request.page_token``; ``details``
+        adds each node's address (for admins). A page holds at most ``page_size`` nodes
+        (``PAGE_SIZE`` by default, ``MAX_PAGE_SIZE`` at most) and about ``PAGE_BYTES``."""
+        size = min(request.page_size or PAGE_SIZE, MAX_PAGE_SIZE)
         now = anyio.current_time()
-        return pb.NodeList(request_id=request_id, nodes=[
-            pb.NodeInfo(node_id=n.node_id, functions=sorted(n.functions), state=n.state, in_flight=len(n.calls),
-                        max_queue_size=n.max_queue_size, connected_for=now - n.connected_at,
-                        peer=n.peer if details else "")
-            for n in self.nodes.values()
-        ])
+        page = pb.NodeList(request_id=request.request_id)
+        after = request.page_token
+        taken = 0
+        for node_id in sorted(node_id for node_id in self.nodes if node_id > after):
+            if len(page.nodes) == size or taken > PAGE_BYTES:
+                page.next_page_token = page.nodes[-1].node_id
+                break
+            n = self.nodes[node_id]
+            info = page.nodes.add(node_id=n.node_id, functions=sorted(n.functions), state=n.state,
+                                  in_flight=len(n.calls), max_queue_size=n.max_queue_size,
+                                  connected_for=now - n.connected_at, peer=n.peer if details else "")
+            taken += info.ByteSize()
+        return page
 
     def states(self) -> dict[str, str]:
         return {node_id: node.state for node_id, node in self.nodes.items()}

@@ -37,3 +37,21 @@ async def test_a_function_name_over_200_characters_is_refused() -> None:
         with anyio.fail_after(10), pytest.raises(ProtocolError, match="function name"):
             await node.run()
         assert gw.nodes() == {}
+
+
+async def test_node_lists_come_in_pages_and_the_client_reads_them_all(monkeypatch: pytest.MonkeyPatch) -> None:
+    from easyremote_core._gateway import _registry
+    from easyremote_core._protocol import pb
+
+    monkeypatch.setattr(_registry, "PAGE_SIZE", 2)
+    monkeypatch.setattr(_registry, "MAX_PAGE_SIZE", 3)
+    async with Gateway(port=0, host="127.0.0.1", transport="memory", startup_grace=0) as gw:
+        async with running_node(gw, "n1", adder), running_node(gw, "n2", adder), running_node(gw, "n3", adder), \
+                running_node(gw, "n4", adder), running_node(gw, "n5", adder), client_for(gw) as client:
+            assert [info.node_id for info in await client.list_nodes()] == ["n1", "n2", "n3", "n4", "n5"]
+            first = gw._registry.node_list(pb.ListNodes())
+            assert [n.node_id for n in first.nodes] == ["n1", "n2"] and first.next_page_token == "n2"
+            greedy = gw._registry.node_list(pb.ListNodes(page_size=1_000_000, page_token="n1"))
+            assert [n.node_id for n in greedy.nodes] == ["n2", "n3", "n4"]  # capped at MAX_PAGE_SIZE
+            last = gw._registry.node_list(pb.ListNodes(page_token="n4"))
+            assert [n.node_id for n in last.nodes] == ["n5"] and last.next_page_token == ""

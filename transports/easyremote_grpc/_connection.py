@@ -7,15 +7,17 @@ import logging
 import struct
 from abc import abstractmethod
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any
 from urllib.parse import unquote
 
 import anyio
 import grpc
 import grpc.aio
+from grpc._cython import cygrpc
+from anyio import TypedAttributeSet, typed_attribute
 
-from easyremote_core import Connection, ConnectionLostError, MessageTooLargeError, ProtocolError
+from easyremote_core import Connection, ConnectionAttribute, ConnectionLostError, MessageTooLargeError, ProtocolError
 
 from ._channel import ChannelStateWatch
 
@@ -86,6 +88,13 @@ def unpack(message: bytes) -> list[bytes]:
         frames.append(bytes(view[offset : offset + size]))
         offset += size
     return frames
+
+
+class GrpcAttribute(TypedAttributeSet):
+    """What a dialled gRPC link offers beyond :class:`ConnectionAttribute`."""
+
+    #: the channel's connectivity state, for the channel-state probe
+    channel_state: ChannelStateWatch = typed_attribute()
 
 
 class _Inbox:
@@ -204,6 +213,17 @@ class GrpcConnection(Connection):
         """Run by the writer once every queued frame is written on an orderly close."""
 
     # -- Connection -------------------------------------------------------------
+
+    @property
+    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
+        return {
+            ConnectionAttribute.send_nowait: lambda: self.send_nowait,
+            ConnectionAttribute.buffered_bytes: lambda: self.buffered_bytes,
+        }
+
+    def buffered_bytes(self) -> int:
+        """Bytes queued for the writer and not yet handed to gRPC."""
+        return self._queued_bytes
 
     def send_nowait(self, frame: bytes) -> None:
         """Queue one frame for the writer; raises ``MessageTooLargeError`` or ``ConnectionLostError``."""
@@ -406,6 +426,10 @@ class ClientConnection(GrpcConnection):
         self._start()
 
     @property
+    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
+        return {**super().extra_attributes, GrpcAttribute.channel_state: lambda: self.channel_state}
+
+    @property
     def _call(self) -> grpc.aio.StreamStreamCall:
         call = self._call_or_none
         if call is None:
@@ -480,6 +504,7 @@ class ServerConnection(GrpcConnection):
         self._context = context
         self.finished = anyio.Event()
         self._abort_reason: str | None = None
+        self._rpc_task: asyncio.Task[Any] | None = None
         self._start()
 
     def _read_op(self) -> Awaitable[Any]:
@@ -495,7 +520,8 @@ class ServerConnection(GrpcConnection):
         return anyio.EndOfStream  # the close marker
 
     async def _describe_failure(self, exc: BaseException | None) -> str:
-        if exc is None or isinstance(exc, asyncio.CancelledError):
+        if exc is None or isinstance(exc, (asyncio.CancelledError, cygrpc.ExecuteBatchError)):
+            # ExecuteBatchError: a read or write of an RPC the peer's end already reset
             return "the peer went away without closing the link"
         return f"{type(exc).__name__}: {exc}"
 
@@ -512,6 +538,20 @@ class ServerConnection(GrpcConnection):
         self._close_locally()
         self.finished.set()
 
+    async def drop(self) -> None:
+        """End the RPC at once with status UNAVAILABLE; frames still queued are not written.
+
+        A write that the peer's flow control holds back (it stopped reading) would hold the
+        status back too, and gRPC would log the failed status as an error once the peer goes.
+        Then the RPC's handler is cancelled instead, and the stream is reset as soon as gRPC
+        lets go of the write.
+        """
+        self._closed = True
+        writing = self._writer is not None and not self._writer.done() and self._writer_wakeup is None
+        self.abort("the gateway dropped the link")
+        if writing and self._rpc_task is not None and not self._rpc_task.done():
+            self._rpc_task.cancel()
+
     def abort(self, reason: str) -> None:
         """End the RPC with status UNAVAILABLE: the peer sees a broken link."""
         if self._abort_reason is not None or self.finished.is_set():
@@ -525,6 +565,7 @@ class ServerConnection(GrpcConnection):
 
     async def run_rpc(self) -> None:
         """Hold the RPC open until the connection is closed; runs in gRPC's handler task."""
+        self._rpc_task = asyncio.current_task()
         try:
             await self.finished.wait()
         except asyncio.CancelledError:  # gRPC cancels the handler when the RPC dies

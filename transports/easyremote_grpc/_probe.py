@@ -9,7 +9,7 @@ import grpc
 
 from easyremote_core import HealthProbe, LinkDead, LinkHealth
 
-from ._connection import ClientConnection
+from ._connection import GrpcAttribute
 
 logger = logging.getLogger("easyremote.grpc")
 
@@ -28,10 +28,10 @@ class GrpcChannelStateProbe(HealthProbe):
 
     async def watch(self, link: LinkHealth) -> None:
         connection = link.connection
-        if not isinstance(connection, ClientConnection):
+        channel = connection.extra(GrpcAttribute.channel_state, None)
+        if channel is None:  # not a dialled gRPC link: nothing to watch
             await anyio.sleep_forever()
             return
-        channel = connection.channel_state
         state = channel.get_state()
         was_ready = state is _State.READY
         while True:

@@ -7,9 +7,10 @@ import os
 import socket
 import ssl
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 import anyio
 from anyio.abc import ByteStream, SocketAttribute, SocketListener, SocketStream, TaskGroup
@@ -20,6 +21,7 @@ from easyremote_core import (
     Address,
     ConfigurationError,
     Connection,
+    ConnectionAttribute,
     ConnectionHandler,
     ConnectionLostError,
     GatewayUnavailableError,
@@ -103,6 +105,10 @@ class TcpConnection(Connection):
         self._closed = False  # no more sends or receives
         self._aborted = False  # the close will be a reset
         self._released = False  # the socket is closed
+
+    @property
+    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
+        return {ConnectionAttribute.send_many: lambda: self.send_many}
 
     async def send(self, frame: bytes) -> None:
         await self.send_many([frame])
