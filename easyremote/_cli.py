@@ -78,6 +78,8 @@ def _parser() -> argparse.ArgumentParser:
                          "(default: 64MiB or 4 x --max-message-size, whichever is larger)")
     gateway.add_argument("--handshake-timeout", type=float, default=10.0,
                          help="close a connection that has not finished its handshake after this long (default 10)")
+    gateway.add_argument("--max-pending-handshakes", type=int, default=1000, metavar="N",
+                         help="connections in their handshake at once; one more closes the oldest (default 1000)")
     gateway.add_argument("--tls-cert", help="server certificate (PEM) to serve TLS")
     gateway.add_argument("--tls-key", help="private key (PEM) of --tls-cert")
     gateway.add_argument("--tls-client-ca", help="require client certificates signed by this CA (PEM)")
@@ -185,6 +187,7 @@ def _gateway(options: argparse.Namespace) -> int:
                       heartbeat_timeout=options.heartbeat_timeout, node_grace=options.node_grace,
                       startup_grace=options.startup_grace, max_message_size=options.max_message_size,
                       max_peer_buffer=options.max_peer_buffer, handshake_timeout=options.handshake_timeout,
+                      max_pending_handshakes=options.max_pending_handshakes,
                       auth_token=options.token, credentials=options.credentials, tls=tls)
 
     async def run() -> None:

@@ -8,12 +8,13 @@ import math
 import anyio
 
 from ._errors import ConfigurationError
+from ._logs import capped
 from ._probes import HealthProbe, LinkDead, LinkHealth
 from .hookspecs import hookimpl
 
 # Not __name__: users configure the ``easyremote`` logger, and the guide's
 # "Heartbeat timeout: …" line must reach it.
-logger = logging.getLogger("easyremote.probes")
+logger = capped(logging.getLogger("easyremote.probes"))
 
 
 class HeartbeatProbe(HealthProbe):

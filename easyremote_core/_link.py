@@ -12,11 +12,12 @@ import anyio
 from anyio.abc import TaskGroup
 
 from ._errors import ConnectionLostError, EasyRemoteError, MessageTooLargeError, ProtocolError
+from ._logs import Quieter, capped
 from ._probes import HealthProbe, LinkDead, LinkHealth
 from ._protocol import decode, encode, pb
 from ._transport import Connection, ConnectionAttribute
 
-logger = logging.getLogger("easyremote.link")
+logger = capped(logging.getLogger("easyremote.link"))
 
 FrameHandler = Callable[[pb.Envelope], None]
 #: How long ``Link.close`` lets queued frames drain before it ends the link anyway.
@@ -44,6 +45,7 @@ class Link:
         peer_name: str,
         many_peers: bool = False,
         max_buffer: float = math.inf,
+        quiet: Quieter | None = None,
     ) -> None:
         self.connection = connection
         self.health = LinkHealth(
@@ -56,6 +58,7 @@ class Link:
             many_peers=many_peers,
         )
         self._on_frame = on_frame
+        self._quiet = quiet  # a gateway's: what its peers cause is logged rate-limited
         self._probes = list(probes)
         self._send_heartbeats = send_heartbeats
         self._outbox_in, self._outbox = anyio.create_memory_object_stream[bytes](math.inf)
@@ -245,7 +248,11 @@ class Link:
             self._orderly = True
             self._end("peer closed the connection")
         except ProtocolError as exc:
-            logger.error("Protocol error from %s: %s", health.peer_name, exc)
+            if self._quiet is not None:
+                self._quiet.log(logging.ERROR, self.connection.peer, "protocol", "Protocol error from %s: %s",
+                                health.peer_name, exc)
+            else:
+                logger.error("Protocol error from %s: %s", health.peer_name, exc)
             self._end(f"protocol error: {exc}")
         except EasyRemoteError as exc:
             self._end(_describe(exc))

@@ -37,6 +37,12 @@ class LinkOptions:
     connect_timeout: float = 10.0
     tls: TLSConfig | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: A listener closes an accepted connection whose transport handshake (TLS, HTTP/2,
+    #: a greeting) has not finished within this many seconds.
+    handshake_timeout: float = 10.0
+    #: A listener keeps at most this many connections in their handshake at once; one more
+    #: closes the oldest of them (a slow attacker's, most likely).
+    max_pending_handshakes: int = 1000
 
 
 class ConnectionAttribute(TypedAttributeSet):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import anyio
 
@@ -40,15 +42,35 @@ class Admission:
     retrying at once. Clients wait without a turn.
     """
 
-    def __init__(self, *, handshake_timeout: float, rate: float) -> None:
+    def __init__(self, *, handshake_timeout: float, rate: float, max_pending: int = 1000) -> None:
         self.handshake_timeout = handshake_timeout
         self.rate = rate
+        self.max_pending = max_pending
+        self._pending: dict[anyio.CancelScope, str] = {}  # connections waiting for their hello, oldest first
         self._tokens = rate  # a full bucket: a burst of this many at once
         self._at = 0.0
         self._turns: dict[str, float] = {}  # node_id -> when a node told to wait may come in
 
     def start(self) -> None:
         self._at = anyio.current_time()
+
+    @contextmanager
+    def pending(self, peer: str) -> Iterator[None]:
+        """Counts a connection as waiting for its hello while the block runs.
+
+        Past ``max_pending`` such connections, the oldest one's block is cancelled to make
+        room: a slow peer holding connections open cannot keep a quick newcomer out.
+        """
+        with anyio.CancelScope() as scope:
+            if len(self._pending) >= self.max_pending:
+                oldest = next(iter(self._pending))
+                del self._pending[oldest]
+                oldest.cancel()
+            self._pending[scope] = peer
+            try:
+                yield
+            finally:
+                self._pending.pop(scope, None)
 
     async def receive_hello(self, connection: Connection) -> pb.Hello:
         """The peer's hello; ``TimeoutError`` after ``handshake_timeout``, ``ProtocolError`` for another frame."""

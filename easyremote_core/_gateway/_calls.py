@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import anyio
 
+from .._logs import Quieter
 from .._protocol import ErrorCode, code_name, error_frame, pb
 from ._identities import ANYONE, Credential
 from ._registry import NodeSession, Peer, Registry
@@ -47,12 +48,14 @@ class CallTable:
     """
 
     def __init__(self, *, gateway_id: str, registry: Registry, router: Router, grace: float,
-                 notify: Callable[..., None], spawn: Callable[..., None], max_held_bytes: float = math.inf) -> None:
+                 notify: Callable[..., None], spawn: Callable[..., None], max_held_bytes: float = math.inf,
+                 quiet: Quieter | None = None) -> None:
         self.gateway_id = gateway_id
         self.registry = registry
         self.router = router
         self.grace = grace
         self.max_held_bytes = max_held_bytes
+        self._quiet = quiet or Quieter(logger)
         self._notify = notify
         self._spawn = spawn
         self.calls: dict[str, Call] = {}
@@ -67,8 +70,8 @@ class CallTable:
             return
         existing = self.calls.get(request.call_id)
         if existing is not None and not _same_owner(existing, client):
-            logger.warning("Refused client %s: call %s belongs to another caller", client.peer,
-                           request.call_id[:64])
+            self._quiet.log(logging.WARNING, client.peer, "foreign call",
+                            "Refused client %s: call %s belongs to another caller", client.peer, request.call_id[:64])
             client.link.send(error_frame(request.call_id, ErrorCode.CODE_FORBIDDEN,
                                          f"call {request.call_id[:64]} belongs to another caller"))
             return

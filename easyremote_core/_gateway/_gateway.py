@@ -20,6 +20,7 @@ from .._config import number, whole
 from .._errors import ConfigurationError, ConnectionLostError, EasyRemoteError, ProtocolError
 from .._heartbeat import HeartbeatProbe
 from .._link import Link
+from .._logs import Quieter, capped
 from .._plugins import PluginManager, get_plugin_manager
 from .._protocol import PROTOCOL_VERSION, encode, pb
 from .._resolve import resolve_transport, transport_name
@@ -32,7 +33,7 @@ from ._registry import NodeSession, Peer, Registry
 from .._routing import RoutingPolicy
 from ._router import Router
 
-logger = logging.getLogger("easyremote.gateway")
+logger = capped(logging.getLogger("easyremote.gateway"))
 
 ROUTING_ENV = "EASYREMOTE_ROUTING"
 DEFAULT_ROUTING = "least-loaded"
@@ -64,6 +65,7 @@ class Gateway(ServingLifecycle):
         startup_grace: float | None = None,
         handshake_timeout: float = 10.0,
         max_handshake_rate: float = 500.0,
+        max_pending_handshakes: int = 1000,
         max_functions: int = 10_000,
         routing: str | RoutingPolicy | None = None,
         tls: TLSConfig | None = None,
@@ -85,6 +87,7 @@ class Gateway(ServingLifecycle):
         self.max_peer_buffer = (max(MIN_PEER_BUFFER, 4 * self.max_message_size) if max_peer_buffer is None
                                 else whole("max_peer_buffer", max_peer_buffer, minimum=self.max_message_size))
         self.max_handshake_rate = number("max_handshake_rate", max_handshake_rate, minimum=1)
+        self.max_pending_handshakes = whole("max_pending_handshakes", max_pending_handshakes, minimum=1)
         self.max_functions = whole("max_functions", max_functions, minimum=1)
         self._identities = Identities(auth_token, credentials)
         self._transport_choice = transport
@@ -97,7 +100,9 @@ class Gateway(ServingLifecycle):
         self._plugins = plugins
         self._routing = self._resolve_routing(routing)
         self.gateway_id = f"gateway-{uuid.uuid4().hex[:8]}"
-        self._admission = Admission(handshake_timeout=self.handshake_timeout, rate=self.max_handshake_rate)
+        self._admission = Admission(handshake_timeout=self.handshake_timeout, rate=self.max_handshake_rate,
+                                    max_pending=self.max_pending_handshakes)
+        self._quiet = Quieter(logger)
         self._registry: Registry | None = None  # the rooms that need an event loop are made in start()
         self._router: Router | None = None
         self._calls: CallTable | None = None
@@ -145,7 +150,9 @@ class Gateway(ServingLifecycle):
     async def _serve_in_host(self, started: anyio.Event) -> None:
         """Listen, serve until a stop is requested, then close every listener and session."""
         assert self._stop_requested is not None
-        options = LinkOptions(max_message_size=self.max_message_size, tls=self._tls)
+        options = LinkOptions(max_message_size=self.max_message_size, tls=self._tls,
+                              handshake_timeout=self.handshake_timeout,
+                              max_pending_handshakes=self.max_pending_handshakes)
         try:
             async with AsyncExitStack() as stack:
                 endpoints = [(self._resolve(self._transport_choice), self.host, self._requested_port)]
@@ -224,7 +231,7 @@ class Gateway(ServingLifecycle):
         self._router = Router(self._registry, self._routing)
         self._calls = CallTable(gateway_id=self.gateway_id, registry=self._registry, router=self._router,
                                 grace=self.node_grace, notify=self._notify, spawn=self._spawn,
-                                max_held_bytes=self.max_peer_buffer)
+                                max_held_bytes=self.max_peer_buffer, quiet=self._quiet)
 
     @property
     def _call_table(self) -> CallTable:
@@ -246,27 +253,37 @@ class Gateway(ServingLifecycle):
     # -- sessions -------------------------------------------------------------------------
 
     async def _handle_connection(self, connection: Connection) -> None:
+        hello: pb.Hello | None = None
         try:
-            hello = await self._admission.receive_hello(connection)
+            with self._admission.pending(connection.peer):
+                hello = await self._admission.receive_hello(connection)
         except ProtocolError as exc:
-            logger.warning("Refused %s: ProtocolError: %s", connection.peer, exc)
+            self._quiet.log(logging.WARNING, connection.peer, "protocol", "Refused %s: ProtocolError: %s",
+                            connection.peer, exc)
             await _send_quietly(connection, pb.Envelope(reject=pb.Reject(
                 reason=pb.Reject.REASON_PROTOCOL, message=str(exc), protocol_version=PROTOCOL_VERSION)))
             return
         except (TimeoutError, anyio.EndOfStream, EasyRemoteError):
             return  # a peer that left or never spoke (e.g. a reachability check)
+        if hello is None:  # closed to make room for newer handshakes
+            self._quiet.log(logging.WARNING, connection.peer, "pending", "Closed a connection from %s that had "
+                            "not said hello: more than max_pending_handshakes (%d) waited",
+                            connection.peer, self.max_pending_handshakes)
+            return
         refusal = self._admission.check(hello)
         credential = ANYONE
         if refusal is None:
             found = self._identities.authenticate(hello)
             refusal, credential = (found, ANYONE) if isinstance(found, pb.Reject) else (None, found)
         if refusal is not None:
-            logger.warning("Refused %s from %s: %s", _role(hello), connection.peer, refusal.message)
+            self._quiet.log(logging.WARNING, connection.peer, f"refused {refusal.reason}", "Refused %s from %s: %s",
+                            _role(hello), connection.peer, refusal.message)
             await _send_quietly(connection, pb.Envelope(reject=refusal))
             return
         wait = self._admission.wait(hello.node_id if hello.role == pb.ROLE_NODE else "")
         if wait > 0:
-            logger.info("Busy: asked %s to come back in %.1f s", _role(hello), wait)
+            self._quiet.log(logging.INFO, connection.peer, "busy", "Busy: asked %s to come back in %.1f s",
+                            _role(hello), wait)
             await _send_quietly(connection, pb.Envelope(go_away=pb.GoAway(
                 retry_after_ms=int(wait * 1000), reason="gateway is busy accepting other peers")))
             return
@@ -289,6 +306,7 @@ class Gateway(ServingLifecycle):
             peer_name=name,
             many_peers=True,
             max_buffer=self.max_peer_buffer,
+            quiet=self._quiet,
         )
 
     def _welcome(self, link: Link) -> None:
@@ -324,7 +342,8 @@ class Gateway(ServingLifecycle):
         if kind == "register":
             refusal = self._nodes.check(envelope.register, session.credential)
             if refusal is not None:
-                logger.warning("Refused the registration of node %s: %s", session.node_id, refusal.message)
+                self._quiet.log(logging.WARNING, session.peer, "registration",
+                                "Refused the registration of node %s: %s", session.node_id, refusal.message)
                 session.link.send(pb.Envelope(reject=refusal))
                 session.link.close(f"registration refused: {refusal.message}")
                 return

@@ -27,6 +27,8 @@ MAX_CONCURRENCY = 100_000
 MAX_SECONDS = 30 * 86400.0
 
 
+#: A registration's log line names at most this many functions.
+LOGGED_NAMES = 20
 #: Nodes per page of a node list: the default, the most a client may ask for, and a byte bound.
 PAGE_SIZE = 100
 MAX_PAGE_SIZE = 500
@@ -161,7 +163,9 @@ class Registry:
         session.max_concurrency = register.max_concurrency or 1
         session.registered = True
         names = sorted(session.functions)
-        logger.info("Node %s registered %d function(s): %s", session.node_id, len(names), ", ".join(names))
+        shown = ", ".join(names[:LOGGED_NAMES]) + (f", ... and {len(names) - LOGGED_NAMES} more"
+                                                   if len(names) > LOGGED_NAMES else "")
+        logger.info("Node %s registered %d function(s): %s", session.node_id, len(names), shown)
         self._notify("easyremote_node_registered", node_id=session.node_id, functions=names)
         self.changed()
         return names

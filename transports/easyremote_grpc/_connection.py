@@ -18,10 +18,11 @@ from grpc._cython import cygrpc
 from anyio import TypedAttributeSet, typed_attribute
 
 from easyremote_core import Connection, ConnectionAttribute, ConnectionLostError, MessageTooLargeError, ProtocolError
+from easyremote_core._logs import capped
 
 from ._channel import ChannelStateWatch
 
-logger = logging.getLogger("easyremote.grpc")
+logger = capped(logging.getLogger("easyremote.grpc"))
 
 # How long an orderly close waits for queued frames to go out and for the gateway to
 # end the RPC, and how long a closed connection waits for its reader and writer to end
@@ -362,6 +363,9 @@ class GrpcConnection(Connection):
     def _close_locally(self) -> None:
         self._closed = self._closing = True
         self._inbox.discard(lambda: ConnectionLostError("connection is closed"))
+        wakeup = self._writer_wakeup  # an idle writer ends now instead of at reap's timeout
+        if wakeup is not None and not wakeup.done():
+            wakeup.set_result(None)
 
     async def _flush(self) -> None:
         """Let the writer write what is queued (and its close), then end."""

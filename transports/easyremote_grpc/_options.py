@@ -76,7 +76,8 @@ def channel_options(max_message_size: int, extra: Mapping[str, Any]) -> list[tup
     return list(options.items())
 
 
-def server_options(max_message_size: int, extra: Mapping[str, Any]) -> list[tuple[str, Any]]:
+def server_options(max_message_size: int, extra: Mapping[str, Any], handshake_timeout: float = 10.0,
+                   ) -> list[tuple[str, Any]]:
     limit = message_limit(max_message_size)
     options: dict[str, Any] = dict(_KEEPALIVE)
     options.update(
@@ -88,6 +89,10 @@ def server_options(max_message_size: int, extra: Mapping[str, Any]) -> list[tupl
             "grpc.max_send_message_length": limit,
             "grpc.max_receive_message_length": limit,
             "grpc.so_reuseport": 0,
+            # A TCP connection that has not finished its TLS and HTTP/2 handshake by then is
+            # closed, and so is one that carries no RPC (no Link) for as long.
+            "grpc.server_handshake_timeout_ms": max(1, int(handshake_timeout * 1000)),
+            "grpc.max_connection_idle_ms": max(1000, int(handshake_timeout * 1000)),
         }
     )
     options.update(extra)

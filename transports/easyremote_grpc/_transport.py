@@ -119,7 +119,8 @@ class GrpcTransport(Transport):
         taken = _port_taken(host, port)
         if taken is not None:  # found before gRPC core logs its own "Failed to add port" on stderr
             raise taken
-        server = grpc.aio.server(options=_options.server_options(options.max_message_size, self.server_options))
+        server = grpc.aio.server(options=_options.server_options(options.max_message_size, self.server_options,
+                                                                 options.handshake_timeout))
         try:
             if tls is not None:
                 bound = server.add_secure_port(endpoint, _options.server_credentials(tls))

@@ -7,7 +7,8 @@ import os
 import socket
 import ssl
 import struct
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -33,8 +34,9 @@ from easyremote_core import (
     Transport,
     wait_until_listening,
 )
+from easyremote_core._logs import Quieter, capped
 
-logger = logging.getLogger(__name__)
+logger = capped(logging.getLogger(__name__))
 
 # Sent by both ends right after the TCP (and TLS) handshake. The client's connect()
 # returns only once the gateway's greeting arrived, so a gateway that refused the
@@ -270,6 +272,8 @@ class TcpListener(Listener):
         self._ssl_context = ssl_context
         self._tuning = tuning
         self._links: set[TcpConnection] = set()
+        self._handshaking: dict[anyio.CancelScope, str] = {}  # links in their handshake, oldest first
+        self._quiet = Quieter(logger)
         self._task_group: TaskGroup | None = None
         self._closed = False
 
@@ -298,17 +302,27 @@ class TcpListener(Listener):
 
     async def _run_link(self, handler: ConnectionHandler, raw: SocketStream) -> None:
         peer = _format_peer(raw.extra(SocketAttribute.remote_address))
+        stream: ByteStream | None = None
         try:
             self._tuning.apply(raw.extra(SocketAttribute.raw_socket))
-            with anyio.fail_after(self._options.connect_timeout):
-                stream: ByteStream = raw
+            with anyio.fail_after(self._options.handshake_timeout), self._handshake_slot():
+                tls: ByteStream = raw
                 if self._ssl_context is not None:
-                    stream = await TLSStream.wrap(
+                    tls = await TLSStream.wrap(
                         raw, server_side=True, ssl_context=self._ssl_context, standard_compatible=False
                     )
-                await _exchange_greeting(stream)
-        except (TimeoutError, OSError, anyio.BrokenResourceError, anyio.EndOfStream, ProtocolError) as exc:
-            logger.info("refused a tcp link from %s: %s", peer, describe(exc))
+                await _exchange_greeting(tls)
+                stream = tls
+            if stream is None and not self._closed:  # its slot went to a newer link
+                self._quiet.log(logging.INFO, peer, "pending", "closed a tcp link from %s in its handshake: more "
+                                "than max_pending_handshakes (%d) waited", peer, self._options.max_pending_handshakes)
+        except TimeoutError:
+            self._quiet.log(logging.INFO, peer, "timeout", "closed a tcp link from %s: no handshake within "
+                            "handshake_timeout (%g s)", peer, self._options.handshake_timeout)
+        except (OSError, anyio.BrokenResourceError, anyio.EndOfStream, ProtocolError) as exc:
+            self._quiet.log(logging.INFO, peer, type(exc).__name__, "refused a tcp link from %s: %s", peer,
+                            describe(exc))
+        if stream is None:
             await anyio.aclose_forcefully(raw)
             return
         connection = TcpConnection(stream, raw, peer, self._options.max_message_size)
@@ -325,6 +339,20 @@ class TcpListener(Listener):
                 await connection.abort()
             else:
                 await connection.aclose()
+
+    @contextmanager
+    def _handshake_slot(self) -> Iterator[None]:
+        """One of ``max_pending_handshakes`` places; when all are taken, the oldest is cancelled."""
+        with anyio.CancelScope() as scope:
+            if len(self._handshaking) >= self._options.max_pending_handshakes:
+                oldest = next(iter(self._handshaking))
+                del self._handshaking[oldest]
+                oldest.cancel()
+            self._handshaking[scope] = ""
+            try:
+                yield
+            finally:
+                self._handshaking.pop(scope, None)
 
     async def aclose(self) -> None:
         if self._closed:
