@@ -58,7 +58,7 @@ def test_plugins_lists_every_kind_with_its_distribution() -> None:
 
 @pytest.fixture(scope="module")
 def served_gateway():
-    with GatewayProcess() as gateway:
+    with GatewayProcess(args=("--startup-grace", "0")) as gateway:
         gateway.start()
         with PythonProcess(NODE, args=(gateway.address,), name="cli-node") as node:
             node.start()

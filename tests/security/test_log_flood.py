@@ -74,13 +74,7 @@ async def test_wrong_tokens_and_garbage_write_a_few_lines_with_counts(gateway: G
     garbage = lines_with(gateway, "ProtocolError")[before_garbage:]
     assert 1 <= len(refused) <= 3, refused
     assert 1 <= len(garbage) <= 3, garbage
-    # Once the quiet period is over, the next refusal says how many were not logged.
-    await anyio.sleep(10.2)
-    await send_first_frame(gateway, wrong)
-    with anyio.fail_after(5):
-        while len(lines_with(gateway, "Refused node")) == before_refused + len(refused):
-            await anyio.sleep(0.05)
-    assert "more like it from 127.0.0.1 in the last 10 s" in lines_with(gateway, "Refused node")[-1]
+    # (That the next line after the quiet period counts the lines not written: tests/core/test_logs.py.)
 
 
 async def test_no_line_is_longer_than_2_kib(gateway: GatewayProcess) -> None:
