@@ -28,6 +28,7 @@ from easyremote_core import (
     TLSConfig,
     Transport,
 )
+from easyremote_core._tls import CLIENT_CERT, PLAIN_TO_TLS, explain, speaks_tls
 
 from . import _options
 from ._channel import ChannelStateWatch
@@ -93,7 +94,7 @@ class GrpcTransport(Transport):
             channel = ChannelStateWatch(grpc.aio.insecure_channel(target, options=args))
         try:
             with anyio.fail_after(options.connect_timeout):
-                await _wait_until_ready(channel, target)
+                await _wait_until_ready(channel, address, secure=tls is not None)
                 announce = ((_options.MAX_MESSAGE_SIZE_KEY, str(options.max_message_size)),)
                 link = channel.channel.stream_stream(_options.LINK_METHOD)
                 call = link(wait_for_ready=False, metadata=announce)
@@ -249,12 +250,21 @@ def _port_taken(host: str, port: int) -> OSError | None:
     return None
 
 
-async def _wait_until_ready(channel: ChannelStateWatch, target: str) -> None:
+async def _wait_until_ready(channel: ChannelStateWatch, address: Address, *, secure: bool) -> None:
     """Wait for READY; fail at the first TRANSIENT_FAILURE (the caller's retry policy owns retries)."""
+    target = str(address)
     state = channel.get_state(try_to_connect=True)
     while state is not _State.READY:
         if state is _State.TRANSIENT_FAILURE:
-            raise GatewayUnavailableError(f"cannot reach gateway at {target}: {await _failure_reason(channel)}")
+            reason = await _failure_reason(channel)
+            cause = explain(reason)
+            if cause is None and "socket closed" in reason.lower():
+                if secure:  # TLS 1.3: a refused client certificate closes the link after the handshake
+                    cause = f"the gateway closed the link right after the TLS handshake; most likely {CLIENT_CERT}"
+                elif await speaks_tls(address.host, address.port):
+                    cause = PLAIN_TO_TLS
+            raise GatewayUnavailableError(f"cannot reach gateway at {target}: "
+                                          + (f"{cause} (gRPC: {reason})" if cause else reason))
         if state is _State.SHUTDOWN:
             raise GatewayUnavailableError(f"cannot reach gateway at {target}: the channel was shut down")
         await channel.wait_for_state_change(state)

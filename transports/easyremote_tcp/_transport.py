@@ -35,6 +35,7 @@ from easyremote_core import (
     wait_until_listening,
 )
 from easyremote_core._logs import Quieter, capped
+from easyremote_core._tls import CLIENT_CERT, PLAIN_TO_TLS, explain_error, speaks_tls
 
 logger = capped(logging.getLogger(__name__))
 
@@ -436,7 +437,13 @@ class TcpTransport(Transport):
                 f"{target}: {stage}: no answer within connect_timeout ({options.connect_timeout} s)"
             ) from None
         except (OSError, anyio.BrokenResourceError, anyio.EndOfStream, ProtocolError) as exc:
-            raise GatewayUnavailableError(f"{target}: {stage} failed: {describe(exc)}") from exc
+            cause = explain_error(exc) if context is not None else None
+            if cause is None and stage == "TLS greeting":  # TLS 1.3: a refused client certificate shows here
+                cause = f"the gateway closed the link right after the TLS handshake; most likely {CLIENT_CERT}"
+            if context is None and stage == "greeting" and await speaks_tls(address.host, address.port):
+                cause = PLAIN_TO_TLS
+            reason = f"{cause} ({describe(exc)})" if cause else describe(exc)
+            raise GatewayUnavailableError(f"{target}: {stage} failed: {reason}") from exc
         return TcpConnection(stream, raw, target, options.max_message_size)
 
     async def listen(self, host: str, port: int, options: LinkOptions) -> Listener:
@@ -494,6 +501,8 @@ def describe(exc: BaseException) -> str:
     for cause in _chain(exc):
         if isinstance(cause, (ssl.SSLWantReadError, ssl.SSLWantWriteError)):
             continue  # TLS waiting for bytes: the cause is whatever happened to the socket
+        if isinstance(cause, ssl.SSLCertVerificationError) and cause.verify_message:
+            return cause.verify_message.rstrip(".")
         if isinstance(cause, ssl.SSLError) and cause.reason:
             return cause.reason.lower().replace("_", " ")
         if isinstance(cause, OSError) and not isinstance(cause, socket.gaierror) and cause.errno:
