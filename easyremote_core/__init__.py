@@ -19,14 +19,22 @@ from ._errors import (
     RemoteExecutionError,
     StreamingFunctionError,
 )
-from ._plugins import PluginEntry, PluginManager, get_plugin_manager, reset_plugin_manager
 from ._heartbeat import HeartbeatProbe
+from ._plugins import PluginEntry, PluginManager, get_plugin_manager, reset_plugin_manager
 from ._probes import HealthProbe, LinkDead, LinkHealth
 from ._protocol import PROTOCOL_VERSION
 from ._reachability import wait_until_listening
 from ._retry import RetryPolicy
 from ._routing import NodeLoad, RoutingPolicy
-from ._transport import Connection, ConnectionAttribute, ConnectionHandler, LinkOptions, Listener, TLSConfig, Transport
+from ._transport import (
+    Connection,
+    ConnectionAttribute,
+    ConnectionHandler,
+    LinkOptions,
+    Listener,
+    TLSConfig,
+    Transport,
+)
 from .hookspecs import hookimpl
 
 __all__ = [

@@ -19,6 +19,7 @@ import anyio.from_thread
 from anyio.streams.memory import MemoryObjectSendStream
 
 from ._address import parse_address
+from ._backend import HostTask
 from ._config import LinkSettings, number, whole
 from ._errors import (
     CallTimeoutError,
@@ -28,7 +29,6 @@ from ._errors import (
     MessageTooLargeError,
     StreamingFunctionError,
 )
-from ._backend import HostTask
 from ._link import Link
 from ._node import ENVELOPE_OVERHEAD, TOKEN_ENV
 from ._plugins import PluginManager, get_plugin_manager

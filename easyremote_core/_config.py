@@ -7,7 +7,6 @@ from dataclasses import dataclass
 
 from ._errors import ConfigurationError
 
-
 #: The ranges a peer may announce, and so the ranges a node or client may be configured with.
 HEARTBEAT_INTERVAL_RANGE = (0.01, 3600.0)
 HEARTBEAT_TIMEOUT_RANGE = (0.02, 86400.0)

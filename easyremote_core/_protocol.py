@@ -11,7 +11,6 @@ import traceback
 from typing import Any
 
 import anyio
-
 from google.protobuf.message import DecodeError
 
 from . import _errors as errors

@@ -10,8 +10,8 @@ from contextlib import contextmanager
 import anyio
 
 from .._config import HEARTBEAT_INTERVAL_RANGE, HEARTBEAT_TIMEOUT_RANGE
-from .._errors import ProtocolError
-from .._protocol import decode, pb
+from .._errors import EasyRemoteError, ProtocolError
+from .._protocol import decode, encode, pb
 from .._transport import Connection
 
 #: Spreads retries and checks; its own generator, so the program's ``random`` state is left alone.
@@ -124,3 +124,17 @@ class Admission:
                 self._turns = {key: at for key, at in self._turns.items() if at > now - 60}
             self._turns[node_id] = now + wait
         return wait
+
+
+def role_of(hello: pb.Hello) -> str:
+    """How logs name the peer of a hello."""
+    return f"node {hello.node_id!r}" if hello.role == pb.ROLE_NODE else "client"
+
+
+async def send_quietly(connection: Connection, envelope: pb.Envelope) -> None:
+    """Send a refusal the peer may never read: at most 2 s, and a peer already gone is no error."""
+    try:
+        with anyio.move_on_after(2):
+            await connection.send(encode(envelope))
+    except EasyRemoteError:
+        pass

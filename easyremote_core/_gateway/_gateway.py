@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import secrets
@@ -17,20 +16,20 @@ from anyio.abc import TaskGroup
 
 from .._address import parse_address
 from .._config import number, whole
-from .._errors import ConfigurationError, ConnectionLostError, EasyRemoteError, ProtocolError
+from .._errors import ConfigurationError, EasyRemoteError, ProtocolError
 from .._heartbeat import HeartbeatProbe
 from .._link import Link
 from .._logs import Quieter, capped
 from .._plugins import PluginManager, get_plugin_manager
-from .._protocol import PROTOCOL_VERSION, encode, pb
+from .._protocol import PROTOCOL_VERSION, pb
 from .._resolve import resolve_transport, transport_name
+from .._routing import RoutingPolicy
 from .._transport import DEFAULT_MAX_MESSAGE_SIZE, Connection, LinkOptions, Listener, TLSConfig, Transport
-from ._admission import Admission
-from ._hosting import ServingLifecycle
+from ._admission import Admission, role_of, send_quietly
 from ._calls import CallTable
+from ._hosting import ServingLifecycle, open_listeners
 from ._identities import ANYONE, Credential, Identities
 from ._registry import NodeSession, Peer, Registry
-from .._routing import RoutingPolicy
 from ._router import Router
 
 logger = capped(logging.getLogger("easyremote.gateway"))
@@ -160,17 +159,7 @@ class Gateway(ServingLifecycle):
                     endpoints.append((self._resolve(extra.scheme), extra.host, extra.port))
                 self._transport = endpoints[0][0]
                 self._make_rooms()
-                for transport, host, port in endpoints:
-                    stack.push_async_callback(transport.aclose)
-                    try:
-                        listener = await transport.listen(host, port, options)
-                    except OSError as exc:
-                        error = _listen_error(exc, transport.name, host, port)
-                        if error is exc:
-                            raise
-                        raise error from None
-                    stack.push_async_callback(listener.aclose)
-                    self._listeners.append((transport.name, host, listener))
+                self._listeners.extend(await open_listeners(stack, endpoints, options))
                 # Entered last, so it exits first: its tasks end before the listeners close.
                 self._task_group = await stack.enter_async_context(anyio.create_task_group())
                 for _, _, listener in self._listeners:
@@ -260,7 +249,7 @@ class Gateway(ServingLifecycle):
         except ProtocolError as exc:
             self._quiet.log(logging.WARNING, connection.peer, "protocol", "Refused %s: ProtocolError: %s",
                             connection.peer, exc)
-            await _send_quietly(connection, pb.Envelope(reject=pb.Reject(
+            await send_quietly(connection, pb.Envelope(reject=pb.Reject(
                 reason=pb.Reject.REASON_PROTOCOL, message=str(exc), protocol_version=PROTOCOL_VERSION)))
             return
         except (TimeoutError, anyio.EndOfStream, EasyRemoteError):
@@ -277,14 +266,14 @@ class Gateway(ServingLifecycle):
             refusal, credential = (found, ANYONE) if isinstance(found, pb.Reject) else (None, found)
         if refusal is not None:
             self._quiet.log(logging.WARNING, connection.peer, f"refused {refusal.reason}", "Refused %s from %s: %s",
-                            _role(hello), connection.peer, refusal.message)
-            await _send_quietly(connection, pb.Envelope(reject=refusal))
+                            role_of(hello), connection.peer, refusal.message)
+            await send_quietly(connection, pb.Envelope(reject=refusal))
             return
         wait = self._admission.wait(hello.node_id if hello.role == pb.ROLE_NODE else "")
         if wait > 0:
             self._quiet.log(logging.INFO, connection.peer, "busy", "Busy: asked %s to come back in %.1f s",
-                            _role(hello), wait)
-            await _send_quietly(connection, pb.Envelope(go_away=pb.GoAway(
+                            role_of(hello), wait)
+            await send_quietly(connection, pb.Envelope(go_away=pb.GoAway(
                 retry_after_ms=int(wait * 1000), reason="gateway is busy accepting other peers")))
             return
         if hello.role == pb.ROLE_NODE:
@@ -373,26 +362,3 @@ class Gateway(ServingLifecycle):
     def nodes(self) -> dict[str, str]:
         """``{node_id: state}`` of every node the gateway knows."""
         return self._registry.states() if self._registry is not None else {}
-
-
-async def _send_quietly(connection: Connection, envelope: pb.Envelope) -> None:
-    try:
-        with anyio.move_on_after(2):
-            await connection.send(encode(envelope))
-    except (ConnectionLostError, EasyRemoteError):
-        pass
-
-
-def _role(hello: pb.Hello) -> str:
-    return f"node {hello.node_id!r}" if hello.role == pb.ROLE_NODE else "client"
-
-
-
-def _listen_error(exc: OSError, transport: str, host: str, port: int) -> OSError:
-    """``exc`` with the address in its words (the socket module's say only "Address already in use")."""
-    if exc.errno == errno.EADDRINUSE:
-        return OSError(exc.errno, f"port {port} on {host} is already in use (transport {transport}); "
-                                  "is another gateway running?")
-    if exc.errno is not None:
-        return OSError(exc.errno, f"cannot listen on {host}:{port} (transport {transport}): {exc.strerror}")
-    return exc

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import signal
 from collections.abc import Generator
+from contextlib import AsyncExitStack
 from typing import Any
 
 import anyio
@@ -14,6 +16,7 @@ import anyio.to_thread
 from .._backend import HostTask, off_loop
 from .._logs import console_logging
 from .._serving import StopSwitch, in_main_thread, run_blocking
+from .._transport import LinkOptions, Listener, Transport
 
 logger = logging.getLogger("easyremote.gateway")
 
@@ -151,3 +154,31 @@ class GatewayStop:
 
     def __await__(self) -> Generator[Any, None, None]:
         return self._gateway._shutdown().__await__()
+
+
+async def open_listeners(stack: AsyncExitStack, endpoints: list[tuple[Transport, str, int]],
+                         options: LinkOptions) -> list[tuple[str, str, Listener]]:
+    """Listen on every ``(transport, host, port)``; ``stack`` closes the listeners and transports."""
+    listeners = []
+    for transport, host, port in endpoints:
+        stack.push_async_callback(transport.aclose)
+        try:
+            listener = await transport.listen(host, port, options)
+        except OSError as exc:
+            error = _listen_error(exc, transport.name, host, port)
+            if error is exc:
+                raise
+            raise error from None
+        stack.push_async_callback(listener.aclose)
+        listeners.append((transport.name, host, listener))
+    return listeners
+
+
+def _listen_error(exc: OSError, transport: str, host: str, port: int) -> OSError:
+    """``exc`` with the address in its words (the socket module's say only "Address already in use")."""
+    if exc.errno == errno.EADDRINUSE:
+        return OSError(exc.errno, f"port {port} on {host} is already in use (transport {transport}); "
+                                  "is another gateway running?")
+    if exc.errno is not None:
+        return OSError(exc.errno, f"cannot listen on {host}:{port} (transport {transport}): {exc.strerror}")
+    return exc

@@ -11,7 +11,7 @@ from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
 from .._address import Address
 from .._errors import ConnectionLostError, GatewayUnavailableError, MessageTooLargeError
-from .._transport import Connection, ConnectionHandler, Listener, LinkOptions, Transport
+from .._transport import Connection, ConnectionHandler, LinkOptions, Listener, Transport
 from ..hookspecs import hookimpl
 
 logger = logging.getLogger("easyremote.memory")

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import functools
+from collections.abc import AsyncIterator
 
 import anyio
 import anyio.abc

@@ -17,7 +17,6 @@ from easyremote.errors import (
     RemoteExecutionError,
     StreamingFunctionError,
 )
-
 from easyremote_core import PluginManager, hookimpl
 
 from .conftest import client_for, running_node

@@ -14,13 +14,13 @@ from typing import Any
 import anyio
 import anyio.to_thread
 import pytest
+from easyremote_grpc import GrpcTransport
+from easyremote_tcp import TcpTransport
 
 from easyremote import AsyncClient, Client, ComputeNode, Gateway
 from easyremote.errors import GatewayUnavailableError
 from easyremote_core import Address, Connection, ConnectionHandler, LinkOptions, Listener, Transport
 from easyremote_core.testing.processes import free_port
-from easyremote_grpc import GrpcTransport
-from easyremote_tcp import TcpTransport
 
 pytestmark = pytest.mark.timeout(60)
 

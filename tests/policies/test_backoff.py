@@ -5,16 +5,16 @@ from __future__ import annotations
 import random
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
-
-from easyremote_core import ConfigurationError, RetryPolicy
 from easyremote_policies import (
     ConstantBackoff,
     DecorrelatedJitterBackoff,
     ExponentialBackoff,
     FullJitterBackoff,
 )
+from hypothesis import given
+from hypothesis import strategies as st
+
+from easyremote_core import ConfigurationError, RetryPolicy
 
 POLICIES: list[type[RetryPolicy]] = [
     ExponentialBackoff,

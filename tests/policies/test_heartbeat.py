@@ -8,12 +8,11 @@ from collections.abc import Iterator
 
 import anyio
 import pytest
+from easyremote_policies import HeartbeatProbe
 from trio.testing import MockClock
 
 import easyremote_core._heartbeat as heartbeat_module
-
 from easyremote_core import LinkDead, LinkHealth, get_plugin_manager
-from easyremote_policies import HeartbeatProbe
 
 pytestmark = pytest.mark.anyio
 

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import inspect
 
-import pytest
-
 import easyremote_policies
-from easyremote_core import HealthProbe, PluginNotFoundError, RetryPolicy, get_plugin_manager
+import pytest
 from easyremote_policies import (
     ConstantBackoff,
     DecorrelatedJitterBackoff,
@@ -15,6 +13,8 @@ from easyremote_policies import (
     FullJitterBackoff,
     HeartbeatProbe,
 )
+
+from easyremote_core import HealthProbe, PluginNotFoundError, RetryPolicy, get_plugin_manager
 
 
 @pytest.mark.parametrize(

@@ -19,6 +19,7 @@ import grpc
 import grpc.aio
 import pytest
 import trustme
+from easyremote_grpc import ClientConnection, GrpcChannelStateProbe, GrpcListener, GrpcTransport
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from easyremote_core import (
@@ -35,7 +36,6 @@ from easyremote_core import (
     get_plugin_manager,
 )
 from easyremote_core.testing.memory import MemoryTransport
-from easyremote_grpc import ClientConnection, GrpcChannelStateProbe, GrpcListener, GrpcTransport
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
 

@@ -11,6 +11,8 @@ from pathlib import Path
 import anyio
 import pytest
 import trustme
+from easyremote_tcp import TcpConnection, TcpTransport
+from easyremote_tcp._transport import GREETING
 
 from easyremote_core import (
     Address,
@@ -22,8 +24,6 @@ from easyremote_core import (
     TLSConfig,
     get_plugin_manager,
 )
-from easyremote_tcp import TcpConnection, TcpTransport
-from easyremote_tcp._transport import GREETING
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
 

@@ -11,7 +11,14 @@ import anyio
 import pytest
 import trustme
 
-from easyremote_core import Address, Connection, GatewayUnavailableError, LinkOptions, TLSConfig, get_plugin_manager
+from easyremote_core import (
+    Address,
+    Connection,
+    GatewayUnavailableError,
+    LinkOptions,
+    TLSConfig,
+    get_plugin_manager,
+)
 from easyremote_core._tls import CLIENT_CERT, EXPIRED, PLAIN_TO_TLS, TLS_TO_PLAIN, UNKNOWN_CA, WRONG_HOST
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]

@@ -14,10 +14,16 @@ from urllib.parse import unquote
 import anyio
 import grpc
 import grpc.aio
-from grpc._cython import cygrpc
 from anyio import TypedAttributeSet, typed_attribute
+from grpc._cython import cygrpc
 
-from easyremote_core import Connection, ConnectionAttribute, ConnectionLostError, MessageTooLargeError, ProtocolError
+from easyremote_core import (
+    Connection,
+    ConnectionAttribute,
+    ConnectionLostError,
+    MessageTooLargeError,
+    ProtocolError,
+)
 from easyremote_core._logs import capped
 
 from ._channel import ChannelStateWatch
