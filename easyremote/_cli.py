@@ -94,6 +94,9 @@ def _parser() -> argparse.ArgumentParser:
     node.add_argument("--token", default=None, help="auth token (default $EASYREMOTE_TOKEN)")
     node.add_argument("--transport", default=None, help="transport name")
     node.add_argument("--retry-policy", default=None, help="retry policy name (default exponential)")
+    node.add_argument("--health-probe", action="append", default=None, metavar="NAME", dest="health_probes",
+                      help="health probe to run on the link, besides the heartbeat (repeatable; default: "
+                      "$EASYREMOTE_HEALTH_PROBES or the transport's own)")
     node.add_argument("--reconnect-interval", type=float, default=2.0, help="base backoff delay (default 2)")
     node.add_argument("--max-reconnect-interval", type=float, default=60.0, help="backoff cap (default 60)")
     node.add_argument("--max-retry-attempts", type=int, default=None, help="give up after N failed attempts")
@@ -207,7 +210,7 @@ def _node(options: argparse.Namespace) -> int:
         raise ConfigurationError(f"{options.source} defines no public functions to serve")
     node = ComputeNode(
         options.gateway, options.node_id, transport=options.transport, retry_policy=options.retry_policy,
-        auth_token=options.token, reconnect_interval=options.reconnect_interval,
+        health_probes=options.health_probes, auth_token=options.token, reconnect_interval=options.reconnect_interval,
         max_reconnect_interval=options.max_reconnect_interval, max_retry_attempts=options.max_retry_attempts,
         heartbeat_interval=options.heartbeat_interval, heartbeat_timeout=options.heartbeat_timeout,
         connection_timeout=options.connection_timeout, execution_timeout=options.execution_timeout,

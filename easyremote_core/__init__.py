@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ._address import Address, parse_address
+from ._connection import Connection, ConnectionAttribute, ConnectionHandler
 from ._errors import (
     AuthenticationError,
     CallTimeoutError,
@@ -26,15 +27,7 @@ from ._protocol import PROTOCOL_VERSION
 from ._reachability import wait_until_listening
 from ._retry import RetryPolicy
 from ._routing import NodeLoad, RoutingPolicy
-from ._transport import (
-    Connection,
-    ConnectionAttribute,
-    ConnectionHandler,
-    LinkOptions,
-    Listener,
-    TLSConfig,
-    Transport,
-)
+from ._transport import LinkOptions, Listener, TLSConfig, Transport
 from .hookspecs import hookimpl
 
 __all__ = [

@@ -11,11 +11,11 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup
 
+from ._connection import Connection, ConnectionAttribute
 from ._errors import ConnectionLostError, EasyRemoteError, MessageTooLargeError, ProtocolError
 from ._logs import Quieter, capped
 from ._probes import HealthProbe, LinkDead, LinkHealth
 from ._protocol import decode, encode, pb
-from ._transport import Connection, ConnectionAttribute
 
 logger = capped(logging.getLogger("easyremote.link"))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
-from ._transport import Connection
+from ._connection import Connection
 
 
 @dataclass

@@ -15,6 +15,7 @@ from ._transport import TLSConfig, Transport
 
 TRANSPORT_ENV = "EASYREMOTE_TRANSPORT"
 RETRY_POLICY_ENV = "EASYREMOTE_RETRY_POLICY"
+HEALTH_PROBES_ENV = "EASYREMOTE_HEALTH_PROBES"  # comma-separated names
 DEFAULT_TRANSPORT = "grpc"
 DEFAULT_RETRY_POLICY = "exponential"
 
@@ -52,7 +53,13 @@ def resolve_policy(
 def resolve_probes(
     plugins: PluginManager, choice: Iterable[str | HealthProbe] | None, transport: Transport
 ) -> list[HealthProbe]:
-    """The probes of a link; the core's heartbeat watch is always among them (liveness cannot be switched off)."""
+    """The probes of a link; the core's heartbeat watch is always among them (liveness cannot be switched off).
+
+    ``None`` means ``$EASYREMOTE_HEALTH_PROBES`` (names separated by commas) when it is set,
+    else the transport's own probes (``Transport.default_probes``).
+    """
+    if choice is None and os.environ.get(HEALTH_PROBES_ENV, "").strip():
+        choice = [name.strip() for name in os.environ[HEALTH_PROBES_ENV].split(",") if name.strip()]
     if choice is None:
         probes = [*transport.default_probes()]
     else:

@@ -7,7 +7,11 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
-from .hookspecs import hookimpl
+import pluggy
+
+# The marker of the "easyremote" pluggy project (hookspecs.hookimpl), made here because
+# hookspecs names RoutingPolicy in its signatures: the two modules import one way only.
+hookimpl = pluggy.HookimplMarker("easyremote")
 
 #: Round-robin remembers the turn of at most this many functions.
 MAX_TRACKED_FUNCTIONS = 100_000

@@ -48,6 +48,13 @@ def test_every_command_has_help(command: list[str]) -> None:
     assert result.returncode == 0 and "usage: easyremote" in result.stdout
 
 
+def test_node_takes_the_policy_and_probes_by_name() -> None:
+    result = easyremote("node", "--help")
+    assert "--retry-policy" in result.stdout and "--health-probe" in result.stdout
+    result = easyremote("node", "--gateway", "127.0.0.1:1", "--health-probe", "smoke-detector", "json")
+    assert result.returncode == 1 and "no health probe named 'smoke-detector'" in result.stderr, result.stderr
+
+
 def test_plugins_lists_every_kind_with_its_distribution() -> None:
     result = easyremote("plugins")
     assert result.returncode == 0

@@ -6,15 +6,14 @@ import hmac
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import anyio
 
 from .._logs import Quieter
 from .._protocol import ErrorCode, code_name, error_frame, pb
-from ._identities import ANYONE, Credential
-from ._registry import NodeSession, Peer, Registry
+from ._registry import Registry
 from ._router import Refused, Routed, Router
+from ._sessions import Call, NodeSession, Peer
 
 logger = logging.getLogger("easyremote.gateway")
 
@@ -23,20 +22,6 @@ MAX_DELIVERIES = 3
 #: Calls one client may have in flight at once.
 MAX_CALLS_PER_CLIENT = 10_000
 TERMINAL = frozenset({"result", "error", "end"})
-
-
-@dataclass(eq=False)
-class Call:
-    request: pb.CallRequest
-    client: Peer | None
-    node: NodeSession | None = None
-    idempotent: bool = False
-    asked_again: bool = False
-    deliveries: int = 0
-    started: float = 0.0
-    held: list[pb.Envelope] = field(default_factory=list)  # answers held while the client is away
-    caller: Peer | None = None  # the client session that asked last, present or not
-    owner: tuple[bytes, Credential] = (b"", ANYONE)  # the caller's key and credential
 
 
 class CallTable:

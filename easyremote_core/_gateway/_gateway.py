@@ -29,8 +29,9 @@ from ._admission import Admission, role_of, send_quietly
 from ._calls import CallTable
 from ._hosting import ServingLifecycle, open_listeners
 from ._identities import ANYONE, Credential, Identities
-from ._registry import NodeSession, Peer, Registry
+from ._registry import Registry
 from ._router import Router
+from ._sessions import NodeSession, Peer
 
 logger = capped(logging.getLogger("easyremote.gateway"))
 

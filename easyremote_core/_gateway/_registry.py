@@ -4,20 +4,18 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from .._link import Link
 from .._protocol import pb
 from ._admission import MAX_NAME, valid_name
 from ._identities import ANYONE, Credential
+from ._sessions import NodeSession
 
 if TYPE_CHECKING:
     from .._plugins import PluginManager
-    from ._calls import Call
 
 logger = logging.getLogger("easyremote.gateway")
 
@@ -33,52 +31,6 @@ LOGGED_NAMES = 20
 PAGE_SIZE = 100
 MAX_PAGE_SIZE = 500
 PAGE_BYTES = 1024 * 1024
-
-
-@dataclass(eq=False)
-class Peer:
-    """One connected node or client."""
-
-    link: Link
-    peer: str
-    calls: dict[str, Call] = field(default_factory=dict)
-    credential: Credential = ANYONE
-    #: Whose calls these are: a client's key (the same across its reconnects), else one of its own.
-    key: bytes = b""
-    #: Bytes of answers held for this client's calls since its link ended.
-    held_bytes: int = 0
-    #: Bytes of the requests of this client's calls the gateway keeps (until each is answered).
-    call_bytes: int = 0
-
-
-@dataclass(eq=False)
-class NodeSession(Peer):
-    node_id: str = ""
-    functions: dict[str, pb.FunctionSpec] = field(default_factory=dict)
-    max_queue_size: int = 1000
-    max_concurrency: int = 1
-    labels: Mapping[str, str] = field(default_factory=dict)
-    registered: bool = False
-    lost_at: float | None = None
-    connected_at: float = 0.0
-    forget_timer: anyio.CancelScope | None = None  # running while the gateway waits for it to return
-    leaving: str = ""  # why the node said goodbye; it gets no new calls and leaves once they are answered
-
-    @property
-    def state(self) -> str:
-        if self.lost_at is not None:
-            return "reconnecting"
-        if self.leaving:
-            return "leaving"
-        return "ready" if self.registered else "connecting"
-
-    @property
-    def in_flight(self) -> int:
-        return len(self.calls)
-
-    @property
-    def ready(self) -> bool:
-        return self.registered and self.lost_at is None and not self.leaving
 
 
 class Registry:

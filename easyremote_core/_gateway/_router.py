@@ -8,7 +8,8 @@ import anyio
 
 from .._protocol import ErrorCode
 from .._routing import RoutingPolicy
-from ._registry import NodeSession, Registry
+from ._registry import Registry
+from ._sessions import NodeSession
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,7 @@ __all__ = [
 LOOPBACK = "127.0.0.1"
 TEST_TIMEOUT = 30.0  # the bound of every contract test
 PROMPT = 5.0  # "at once": generous for a loaded machine, far below any heartbeat timeout
+DROP_BOUND = 0.5  # drop() releases a dead link without waiting for anything
 QUIET_WINDOW = 1.0  # how long a half-open link is watched for frames that must not arrive
 
 
@@ -63,7 +64,8 @@ class FaultInjector(ABC):
 
     @abstractmethod
     def blackhole(self) -> None:
-        """Drop every byte both ways on the open links while they stay open (a half-open link)."""
+        """Drop every byte both ways on the open links while they stay open (a half-open link);
+        new links connect (at the TCP level) but nothing they send arrives."""
 
     @abstractmethod
     def heal(self) -> None:
@@ -117,10 +119,12 @@ class MemoryFaultInjector(FaultInjector):
         await anyio.lowlevel.checkpoint()
 
     def blackhole(self) -> None:
+        self._listener.unresponsive = True
         for connection in self._listener.connections:
             connection.blackhole()
 
     def heal(self) -> None:
+        self._listener.unresponsive = False
         for connection in list(self._listener.connections):
             if connection.blackholed:
                 connection.abort()
@@ -176,7 +180,8 @@ async def serving(
         try:
             yield listener
         finally:
-            await listener.aclose()
+            with anyio.fail_after(PROMPT):  # a listener whose aclose waits for its handlers fails here
+                await listener.aclose()
             tg.cancel_scope.cancel()
 
 
@@ -311,7 +316,8 @@ class TestTransportContract:
         async with serving(transport, echo, options) as listener:
             async with await transport.connect(self.address(transport, listener), options) as client:
                 await client.send(largest)
-                assert await client.receive() == largest
+                with anyio.fail_after(PROMPT):  # a transport that drops large frames would wait here
+                    assert await client.receive() == largest
                 with pytest.raises(MessageTooLargeError):
                     await client.send(largest + b"!")
                 await client.send(b"still usable")
@@ -394,10 +400,33 @@ class TestTransportContract:
         arrivals = Arrivals()
         async with serving(transport, arrivals.handler, options) as listener:
             async with await transport.connect(self.address(transport, listener), options) as client:
-                await arrivals.next()
-                await listener.aclose()
+                await arrivals.next()  # its handler runs until released, which never happens
+                with anyio.fail_after(PROMPT):  # aclose resets the links; it does not wait for handlers
+                    await listener.aclose()
                 with anyio.fail_after(PROMPT), pytest.raises(ConnectionLostError):
                     await client.receive()
+
+    @_bounded
+    async def test_a_handler_that_raises_leaves_the_listener_serving(
+        self, transport: Transport, options: LinkOptions
+    ) -> None:
+        calls = 0
+
+        async def fails_once(connection: Connection) -> None:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                raise RuntimeError("a bug in the first link's handler")
+            await echo(connection)
+
+        async with serving(transport, fails_once, options) as listener:
+            async with await transport.connect(self.address(transport, listener), options) as first:
+                with anyio.fail_after(PROMPT), pytest.raises((anyio.EndOfStream, ConnectionLostError)):
+                    await first.receive()  # the link of the failed handler ends
+            async with await transport.connect(self.address(transport, listener), options) as second:
+                await second.send(b"still serving")
+                with anyio.fail_after(PROMPT):
+                    assert await second.receive() == b"still serving"
 
     # -- faults -----------------------------------------------------------------------------
 
@@ -419,6 +448,43 @@ class TestTransportContract:
                         with pytest.raises(ConnectionLostError):
                             await server.receive()
                     arrivals.release()
+
+    @_bounded
+    async def test_connect_gives_up_after_connect_timeout(
+        self, transport: Transport, fault_injector_factory: FaultInjectorFactory
+    ) -> None:
+        """A gateway that accepts connections but never answers: connect fails within connect_timeout."""
+        options = LinkOptions(connect_timeout=1.0)
+        async with serving(transport, echo, options) as listener:
+            async with fault_injector_factory(transport, listener) as faults:
+                faults.blackhole()
+                started = anyio.current_time()
+                with anyio.fail_after(options.connect_timeout + PROMPT):
+                    with pytest.raises(GatewayUnavailableError):
+                        await transport.connect(faults.address, options)
+                assert anyio.current_time() - started >= options.connect_timeout * 0.9, "it gave up too early"
+                faults.heal()
+
+    @_bounded
+    async def test_drop_releases_a_dead_link_at_once(
+        self, transport: Transport, options: LinkOptions, fault_injector_factory: FaultInjectorFactory
+    ) -> None:
+        arrivals = Arrivals()
+        async with serving(transport, arrivals.handler, options) as listener:
+            async with fault_injector_factory(transport, listener) as faults:
+                client = await transport.connect(faults.address, options)
+                server = await arrivals.next()
+                await client.send(b"queued before the fault")
+                assert await server.receive() == b"queued before the fault"
+                faults.blackhole()
+                await client.send(b"never delivered")
+                for end in (client, server):
+                    started = anyio.current_time()
+                    await end.drop()
+                    took = anyio.current_time() - started
+                    assert took < DROP_BOUND, f"drop() took {took:.2f} s on a dead link"
+                faults.heal()
+                arrivals.release()
 
     @_bounded
     async def test_half_open_link_stays_open_and_silent(

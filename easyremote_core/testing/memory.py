@@ -93,6 +93,7 @@ class MemoryListener(Listener):
         self.options = options
         self._send, self._incoming = anyio.create_memory_object_stream[MemoryConnection](math.inf)
         self.connections: list[MemoryConnection] = []
+        self.unresponsive = False  # new links never finish connecting, as behind a black hole
         _listeners[port] = self
 
     async def serve(self, handler: ConnectionHandler) -> None:
@@ -141,6 +142,10 @@ class MemoryTransport(Transport):
         listener = _listeners.get(address.port)
         if listener is None:
             raise GatewayUnavailableError(f"memory:{address.port}: connection refused")
+        if listener.unresponsive:
+            await anyio.sleep(options.connect_timeout)
+            raise GatewayUnavailableError(f"memory:{address.port}: no answer within connect_timeout "
+                                          f"({options.connect_timeout} s)")
         limit = min(options.max_message_size, listener.options.max_message_size)
         to_server, from_client = anyio.create_memory_object_stream[bytes | None](64)
         to_client, from_server = anyio.create_memory_object_stream[bytes | None](64)

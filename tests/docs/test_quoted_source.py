@@ -21,7 +21,7 @@ DOCS = sorted((ROOT / "docs").glob("*.md"))
 def test_the_interfaces_are_quoted() -> None:
     quoted = {match["path"] for doc in DOCS for match in quote_source.QUOTE.finditer(doc.read_text())}
     assert {"easyremote_core/hookspecs.py", "easyremote_core/_retry.py", "easyremote_core/_probes.py",
-            "easyremote_core/_transport.py"} <= quoted
+            "easyremote_core/_transport.py", "easyremote_core/_connection.py"} <= quoted
 
 
 @pytest.mark.parametrize("doc", DOCS, ids=lambda doc: doc.name)
