@@ -172,6 +172,8 @@ async def test_a_peer_that_never_reads_is_cut_off_and_hurts_no_one(gateway: Gate
                 loaded = await median_latency(client, 3)
                 tg.cancel_scope.cancel()
             await in_thread(attacker.wait_for_line, "done", 30)
+        print(f"{gateway.args[1]} {attack}: gateway RSS +{(peak - before) / MiB:.0f} MB at most; legitimate p50 "
+              f"{quiet * 1000:.2f} ms quiet, {loaded * 1000:.2f} ms under attack ({loaded / quiet:.2f}x)")
         assert peak - before < 200 * MiB, f"gateway RSS grew by {(peak - before) / MiB:.0f} MB"
         assert loaded < 3 * max(quiet, 0.001), f"p50 {loaded * 1000:.2f} ms under attack, {quiet * 1000:.2f} ms quiet"
         assert await client.execute("add", 2, 3, node_id="wide") == 5
