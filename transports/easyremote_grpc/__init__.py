@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 
-# gRPC's C core logs connection events (GOAWAY, resets) at INFO to stderr; EasyRemote
-# reports those itself through logging. A user's own GRPC_VERBOSITY still wins.
-os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+# gRPC's C core logs connection events (GOAWAY, resets, a TLS peer name that does not match)
+# to stderr; EasyRemote reports each of them itself, through logging and its errors' words.
+# A user's own GRPC_VERBOSITY (DEBUG, INFO, ERROR) still wins.
+os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
 from easyremote_core import hookimpl  # noqa: E402
 
