@@ -28,6 +28,7 @@ class HeartbeatProbe(HealthProbe):
     """
 
     name = "heartbeat"
+    detects_silence = True
 
     async def watch(self, link: LinkHealth) -> None:
         timeout = link.heartbeat_timeout

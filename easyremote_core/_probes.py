@@ -33,6 +33,9 @@ class HealthProbe(ABC):
     link closes for another reason."""
 
     name: str = ""
+    #: Whether the probe declares a link dead that stays silent for ``heartbeat_timeout``
+    #: (sooner is allowed); the probe contract suite then checks that it does.
+    detects_silence: bool = False
 
     @abstractmethod
     async def watch(self, link: LinkHealth) -> None:

@@ -267,7 +267,12 @@ class ConnectionSupervisor:
         try:
             with attempt.scope:
                 try:
-                    connection = await self.transport.connect(self.address, self._connect_options)
+                    try:
+                        connection = await self.transport.connect(self.address, self._connect_options)
+                    except ProtocolError as exc:
+                        # The transport's own handshake went wrong (a port that is not, or not yet,
+                        # an EasyRemote gateway): a failed attempt, retried, never the end.
+                        raise GatewayUnavailableError(f"{self.address}: {exc}") from exc
                     self._log.info("%s channel to VPS established successfully", label)
                     attempt.welcome = await self._handshake(connection)
                 except Exception as exc:  # the supervisor decides what it means

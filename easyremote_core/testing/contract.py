@@ -296,6 +296,33 @@ class TestTransportContract:
                 arrivals.release()
 
     @_bounded
+    async def test_a_link_dialled_before_serve_runs_is_served(self, transport: Transport, options: LinkOptions) -> None:
+        """``listen()`` binds: a peer that dials before ``serve()`` starts waits, and is served."""
+        listener = await transport.listen(LOOPBACK, 0, options)
+        try:
+            async with anyio.create_task_group() as tg:
+                dialled: list[Connection] = []
+                connected = anyio.Event()
+
+                async def dial() -> None:
+                    dialled.append(await transport.connect(self.address(transport, listener), options))
+                    connected.set()
+
+                tg.start_soon(dial)
+                await anyio.sleep(0.2)  # the dial is under way; nothing serves yet
+                tg.start_soon(listener.serve, echo)
+                with anyio.fail_after(PROMPT):
+                    await connected.wait()
+                async with dialled[0] as client:
+                    await client.send(b"early")
+                    with anyio.fail_after(PROMPT):
+                        assert await client.receive() == b"early"
+                tg.cancel_scope.cancel()
+        finally:
+            with anyio.fail_after(PROMPT):
+                await listener.aclose()
+
+    @_bounded
     async def test_frames_arrive_in_order(self, transport: Transport, options: LinkOptions) -> None:
         async with serving(transport, echo, options) as listener:
             async with await transport.connect(self.address(transport, listener), options) as client:

@@ -12,6 +12,7 @@ from dataclasses import replace
 from typing import Any
 
 import anyio
+from easyremote_tcp import TcpTransport
 
 from easyremote_core import (
     Address,
@@ -24,7 +25,6 @@ from easyremote_core import (
     get_plugin_manager,
     hookimpl,
 )
-from easyremote_tcp import TcpTransport
 
 #: What each break does, by the name of the transport that has it.
 BREAKS = {

@@ -81,3 +81,30 @@ def test_policy_settings_are_configuration_errors() -> None:
         Plain(base=0)
     with pytest.raises(ConfigurationError, match=r"cap \(1\) must be at least base \(2\)"):
         Plain(base=2, cap=1)
+
+
+async def test_a_protocol_error_of_the_transports_own_handshake_is_retried() -> None:
+    from easyremote import Gateway
+    from easyremote.errors import ProtocolError
+    from easyremote_core.testing.memory import MemoryTransport
+
+    class NotYetAGateway(MemoryTransport):
+        """The first two dials reach something that is not an EasyRemote endpoint yet."""
+
+        failures = 2
+
+        async def connect(self, address, options):  # type: ignore[no-untyped-def]
+            if self.failures:
+                self.failures -= 1
+                raise ProtocolError("the peer is not an EasyRemote tcp endpoint (it sent b'HTTP/1.1 400')")
+            return await super().connect(address, options)
+
+    transport = NotYetAGateway()
+    async with Gateway(port=0, host="127.0.0.1", transport="memory", startup_grace=0) as gateway:
+        node = ComputeNode(f"memory://127.0.0.1:{gateway.port}", "patient", transport=transport,
+                           reconnect_interval=0.05, max_reconnect_interval=0.1)
+        node.register(lambda: 1, name="one")
+        async with node:
+            with anyio.fail_after(10):
+                await node.wait_ready()
+        assert transport.failures == 0 and node.status().reconnect_attempts >= 2

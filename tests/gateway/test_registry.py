@@ -55,3 +55,28 @@ async def test_node_lists_come_in_pages_and_the_client_reads_them_all(monkeypatc
             assert [n.node_id for n in greedy.nodes] == ["n2", "n3", "n4"]  # capped at MAX_PAGE_SIZE
             last = gw._registry.node_list(pb.ListNodes(page_token="n4"))
             assert [n.node_id for n in last.nodes] == ["n5"] and last.next_page_token == ""
+
+
+async def test_a_stopping_gateway_closes_its_transports_after_their_listeners() -> None:
+    from easyremote_core.testing.memory import MemoryTransport
+
+    order: list[str] = []
+
+    class Recording(MemoryTransport):
+        async def listen(self, host, port, options):  # type: ignore[no-untyped-def]
+            listener = await super().listen(host, port, options)
+            close = listener.aclose
+
+            async def aclose() -> None:
+                order.append("listener")
+                await close()
+
+            listener.aclose = aclose  # type: ignore[method-assign]
+            return listener
+
+        async def aclose(self) -> None:
+            order.append("transport")
+
+    async with Gateway(port=0, host="127.0.0.1", transport=Recording(), startup_grace=0):
+        pass
+    assert order[0] == "listener" and "transport" in order and order.index("transport") > 0

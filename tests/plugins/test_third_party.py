@@ -195,3 +195,11 @@ def test_the_installed_policy_passes_the_retry_policy_contract_suite(site: Path)
                         "--easyremote-retry-policy", "fibonacci"])
     assert result.returncode == 0, result.stdout + result.stderr
     assert "17 passed" in result.stdout, result.stdout
+
+
+def test_the_installed_probe_passes_the_health_probe_contract_suite(site: Path) -> None:
+    result = run(site, ["-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "easyremote_core.testing.pytest_plugin",
+                        "--pyargs", "easyremote_core.testing.probe_contract",
+                        "--easyremote-health-probe", "latency"])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "5 passed" in result.stdout, result.stdout  # latency says it detects silence: all five apply

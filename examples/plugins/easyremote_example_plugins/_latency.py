@@ -28,6 +28,7 @@ class LatencyProbe(HealthProbe):
     """
 
     name = "latency"
+    detects_silence = True  # within heartbeat_interval + max_round_trip
 
     def __init__(self, max_round_trip: float = 1.0) -> None:
         if not (math.isfinite(max_round_trip) and max_round_trip > 0):
