@@ -25,10 +25,10 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import Budget, Stats, line, machine, measure, usable_cores  # noqa: E402
+from _common import Budget, Stats, line, machine, measure, usable_cores
 
-from easyremote import AsyncClient, ComputeNode, Gateway  # noqa: E402
-from easyremote_core.testing.processes import GatewayProcess, PythonProcess  # noqa: E402
+from easyremote import AsyncClient, ComputeNode, Gateway
+from easyremote_core.testing.processes import GatewayProcess, PythonProcess
 
 #: The original EasyRemote's measured rate, which the product claims to beat by hundreds of times.
 ORIGINAL_RATE = 9.8
@@ -262,14 +262,14 @@ async def profile_calls(report: Report, budget: Budget, transport: str, client: 
     if py_spy is None:
         print("profile: py-spy is not installed (pip install py-spy); skipped", flush=True)
         return
-    directory.mkdir(parents=True, exist_ok=True)
+    directory.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - once, before any measurement
     seconds = max(2, round(budget.max_seconds))
     window = Budget(warmup_calls=0, warmup_seconds=0, max_calls=10**9, max_seconds=seconds + 1)
     for workers, mode in ((1, "sequential"), (CONCURRENCY, f"x{CONCURRENCY}")):
         samplers = []
         for role, pid in {**pids, "client": os.getpid()}.items():
             out = directory / f"{transport}-{mode}-{role}.txt"
-            samplers.append(subprocess.Popen(
+            samplers.append(subprocess.Popen(  # noqa: ASYNC220 - starts a sampler, does not wait for it
                 [py_spy, "record", "--pid", str(pid), "--duration", str(seconds), "--rate", "500",
                  "--format", "raw", "--nonblocking", "--output", str(out)],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
@@ -309,14 +309,15 @@ def summary(report: Report, transports: list[str]) -> None:
             if conc is not None:
                 rows.append((f"{transport}: {CONCURRENCY} concurrent {function}", f"{conc.rate:,.0f} calls/s",
                              f">= {MIN_CONCURRENT_RATE:,.0f} calls/s on 2 cores",
-                             verdict(conc.rate >= MIN_CONCURRENT_RATE) + ("" if cores == 2 else f" ({cores} cores here)")))
+                             verdict(conc.rate >= MIN_CONCURRENT_RATE)
+                             + ("" if cores == 2 else f" ({cores} cores here)")))
     widths = [max(len(row[i]) for row in rows + [("measurement", "figure", "target", "status")]) for i in range(4)]
     print(flush=True)
     print("Summary", flush=True)
     print(f"machine: {machine()}", flush=True)
     print(f"original EasyRemote: {ORIGINAL_RATE} calls/s; gateway, node and client each in its own process", flush=True)
     for row in [("measurement", "figure", "target", "status"), tuple("-" * w for w in widths), *rows]:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip(), flush=True)
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)).rstrip(), flush=True)
 
 
 # -- main ----------------------------------------------------------------------------------

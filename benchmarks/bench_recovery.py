@@ -28,15 +28,16 @@ import anyio.to_thread
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import machine  # noqa: E402
+from _common import machine
 
-from easyremote import AsyncClient, ComputeNode, ConnectionState  # noqa: E402
-from easyremote.errors import EasyRemoteError, NodeLostError  # noqa: E402
+from easyremote import AsyncClient, ComputeNode, ConnectionState
+from easyremote.errors import EasyRemoteError, NodeLostError
+
 # Printed beside the figures: the reconnection timings the measured code actually uses.
-from easyremote_core._reachability import LISTEN_CHECK_INTERVAL  # noqa: E402
-from easyremote_core._supervisor import RETURN_SPREAD  # noqa: E402
-from easyremote_core.testing.chaos import ChaosProxy  # noqa: E402
-from easyremote_core.testing.processes import GatewayProcess, PythonProcess  # noqa: E402
+from easyremote_core._reachability import LISTEN_CHECK_INTERVAL
+from easyremote_core._supervisor import RETURN_SPREAD
+from easyremote_core.testing.chaos import ChaosProxy
+from easyremote_core.testing.processes import GatewayProcess, PythonProcess
 
 READY = ConnectionState.READY
 STARTUP_TIMEOUT = 30.0
@@ -330,7 +331,8 @@ async def detect_node_killed(plan: Plan, transport: str, logs: Path) -> tuple[Fi
                     failed_at: list[tuple[float, BaseException | None]] = []
                     ended = anyio.Event()
 
-                    async def call() -> None:
+                    async def call(node_id: str = node_id, ended: anyio.Event = ended,
+                                   failed_at: list[tuple[float, BaseException | None]] = failed_at) -> None:
                         try:
                             await client.execute("slow", SLOW_CALL, node_id=node_id)
                         except EasyRemoteError as exc:
@@ -469,7 +471,8 @@ async def crowd_returns(plan: Plan, transport: str, logs: Path, counter: Attempt
             for index in range(plan.crowd):
                 node = ComputeNode(address, f"crowd-{index:03d}")
 
-                def record(old: ConnectionState, new: ConnectionState, reason: str, node_id: str = node.node_id) -> None:
+                def record(old: ConnectionState, new: ConnectionState, reason: str,
+                           node_id: str = node.node_id) -> None:
                     nonlocal changed
                     if new is READY:
                         ready_at[node_id] = time.perf_counter()
@@ -516,7 +519,7 @@ def print_table(rows: Sequence[Row]) -> None:
     cells = [(r.measurement, r.figure, r.target, verdict(r.met), r.original) for r in rows]
     widths = [max(len(row[i]) for row in [header, *cells]) for i in range(5)]
     for row in [header, tuple("-" * w for w in widths), *cells]:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip(), flush=True)
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)).rstrip(), flush=True)
 
 
 async def run(options: argparse.Namespace) -> None:

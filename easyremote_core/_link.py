@@ -180,7 +180,7 @@ class Link:
             self._end(reason)  # a connection that queues frames itself writes them in its aclose()
             return
         self._outbox_in.close()  # the sender ends the link once it has written what is queued
-        self._task_group.start_soon(self._end_after, CLOSE_FLUSH_TIMEOUT, reason)
+        tg.start_soon(self._end_after, CLOSE_FLUSH_TIMEOUT, reason)
 
     async def _end_after(self, delay: float, reason: str) -> None:
         await anyio.sleep(delay)

@@ -28,7 +28,7 @@ def console_logging() -> Iterator[None]:
     with _lock:
         _users += 1
         if _users == 1 and _configures_nothing():
-            handler = logging.StreamHandler(sys.stderr)
+            handler: logging.Handler = logging.StreamHandler(sys.stderr)
             handler.setFormatter(logging.Formatter(FORMAT))
             target = logging.getLogger("easyremote")
             _installed = (handler, target.level)

@@ -604,7 +604,7 @@ def _kind(fn: Callable[..., Any]) -> str:
         return "async-generator"
     if inspect.isgeneratorfunction(target):
         return "generator"
-    if inspect.iscoroutinefunction(target) or inspect.iscoroutinefunction(getattr(target, "__call__", None)):
+    if inspect.iscoroutinefunction(target) or inspect.iscoroutinefunction(getattr(target, "__call__", None)):  # noqa: B004
         return "async"
     return "sync"
 

@@ -56,7 +56,8 @@ def dump_arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
 
 def load_arguments(payload: bytes) -> tuple[tuple[Any, ...], dict[str, Any]]:
     value = pickle.loads(payload)
-    if not (isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], tuple) and isinstance(value[1], dict)):
+    if not (isinstance(value, tuple) and len(value) == 2
+            and isinstance(value[0], tuple) and isinstance(value[1], dict)):
         raise TypeError("payload is not an (args, kwargs) pair")
     return value
 
@@ -105,11 +106,11 @@ _DEFAULT_MESSAGES: dict[int, str] = {
 }
 
 
-def error_frame(call_id: str, code: int, message: str, *, node_id: str = "") -> pb.Envelope:
+def error_frame(call_id: str, code: pb.Error.Code, message: str, *, node_id: str = "") -> pb.Envelope:
     return pb.Envelope(error=pb.Error(call_id=call_id, code=code, message=message, node_id=node_id))
 
 
-def exception_frame(call_id: str, exc: BaseException, *, code: int = ErrorCode.CODE_REMOTE_EXCEPTION,
+def exception_frame(call_id: str, exc: BaseException, *, code: pb.Error.Code = ErrorCode.CODE_REMOTE_EXCEPTION,
                     node_id: str = "") -> pb.Envelope:
     """An Error frame that carries a Python exception's type, message and traceback text."""
     kind = type(exc)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up EasyRemote on a fresh machine and run something with it.
 #   bash scripts/dev.sh demo    # gateway + node + client, with a gateway restart, and a report
-#   bash scripts/dev.sh test    # the whole test suite
+#   bash scripts/dev.sh test    # lint (ruff), type checks (mypy), then the whole test suite
+#   bash scripts/dev.sh lint    # ruff and mypy only
 #   bash scripts/dev.sh bench   # benchmarks/bench_calls.py
 # The virtual environment lives in .venv; the set-up is skipped when it is current.
 set -euo pipefail
@@ -17,7 +18,7 @@ setup() {
   fi
   if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     "$venv/bin/python" -m pip install --quiet --upgrade pip
-    "$venv/bin/python" -m pip install --quiet -e '.[test]'
+    "$venv/bin/python" -m pip install --quiet -e '.[test,lint]'
     touch "$stamp"
   fi
   # The network-namespace fault tests need iptables and iproute2; install them when we may.
@@ -29,12 +30,20 @@ setup() {
   fi
 }
 
+lint() {
+  "$venv/bin/ruff" check .
+  "$venv/bin/mypy"
+}
+
 command=${1:-test}
 shift || true
 setup
 case "$command" in
   demo)  exec "$venv/bin/easyremote" demo "$@" ;;
-  test)  exec "$venv/bin/python" -m pytest -q "$@" ;;
+  # Two worker processes, each taking whole test files (their gateways and event loops are per
+  # file); TEST_WORKERS=0 runs everything in this process.
+  test)  lint && exec "$venv/bin/python" -m pytest -q -n "${TEST_WORKERS:-2}" --dist loadfile "$@" ;;
+  lint)  lint ;;
   bench) exec "$venv/bin/python" benchmarks/bench_calls.py "$@" ;;
-  *)     echo "usage: bash scripts/dev.sh {demo|test|bench} [args...]" >&2; exit 2 ;;
+  *)     echo "usage: bash scripts/dev.sh {demo|test|lint|bench} [args...]" >&2; exit 2 ;;
 esac

@@ -60,7 +60,8 @@ def test_plugins_lists_every_kind_with_its_distribution() -> None:
     assert result.returncode == 0
     for name in ("grpc", "tcp", "memory", "exponential", "full-jitter", "decorrelated-jitter", "constant",
                  "heartbeat", "grpc-channel-state", "least-loaded", "round-robin", "random"):
-        assert any(line.split()[:1] == [name] and "easyremote 0.1.0" in line for line in result.stdout.splitlines()), name
+        lines = result.stdout.splitlines()
+        assert any(line.split()[:1] == [name] and "easyremote 0.1.0" in line for line in lines), name
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,7 @@ def valid_name(name: str) -> bool:
     return 0 < len(name) <= MAX_NAME and name.isprintable()
 
 
-def _bad(message: str, reason: int = pb.Reject.REASON_BAD_REQUEST) -> pb.Reject:
+def _bad(message: str, reason: pb.Reject.Reason = pb.Reject.REASON_BAD_REQUEST) -> pb.Reject:
     return pb.Reject(reason=reason, message=message)
 
 

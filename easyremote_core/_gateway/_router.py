@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import anyio
 
-from .._protocol import ErrorCode
+from .._protocol import ErrorCode, pb
 from .._routing import RoutingPolicy
 from ._registry import Registry
 from ._sessions import NodeSession
@@ -28,7 +28,7 @@ class Wait:
 class Refused:
     """No node can take the call: answer the caller with this error."""
 
-    code: int
+    code: pb.Error.Code
     message: str
 
 

@@ -229,7 +229,7 @@ def _open_fds() -> int | None:
     except ImportError:
         return None
     process = psutil.Process()
-    return process.num_fds() if hasattr(process, "num_fds") else process.num_handles()
+    return process.num_fds() if hasattr(process, "num_fds") else process.num_handles()  # type: ignore[attr-defined]
 
 
 # --- The suite -----------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import logging
 import math
 
 import anyio
-from anyio.abc import ObjectReceiveStream, ObjectSendStream
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from .._address import Address
 from .._errors import ConnectionLostError, GatewayUnavailableError, MessageTooLargeError
@@ -22,7 +22,7 @@ _ports = itertools.count(40000)
 class MemoryConnection(Connection):
     """One end of an in-memory link. ``abort()`` and ``blackhole()`` simulate faults."""
 
-    def __init__(self, send: ObjectSendStream[bytes | None], receive: ObjectReceiveStream[bytes | None],
+    def __init__(self, send: MemoryObjectSendStream[bytes | None], receive: MemoryObjectReceiveStream[bytes | None],
                  peer: str, max_message_size: int) -> None:
         self._send = send
         self._receive = receive

@@ -49,7 +49,7 @@ def test_every_break_fails_the_suite_and_tcp_passes_it(tmp_path: Path) -> None:
     names = [f"broken-{kind}" for kind in BREAKS]
     with ThreadPoolExecutor(max_workers=len(names) + 1) as pool:
         control = pool.submit(run_suite, tmp_path, "tcp")
-        runs = dict(zip(names, pool.map(lambda name: run_suite(tmp_path, name, "-x"), names)))
+        runs = dict(zip(names, pool.map(lambda name: run_suite(tmp_path, name, "-x"), names), strict=True))
     result = control.result()
     # The count docs/writing-a-transport.md gives for tcp, all passed.
     documented = re.search(r"For the TCP transport this runs (\d+) tests", GUIDE.read_text())

@@ -88,7 +88,7 @@ async def test_aclose_right_after_spawn_cancels_before_the_work_starts() -> None
 
     async def work() -> None:
         nonlocal ran
-        await anyio.sleep(0)
+        await anyio.lowlevel.checkpoint()
         ran = True
 
     host = HostTask.spawn(work, name="test host")

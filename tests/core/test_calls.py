@@ -6,6 +6,7 @@ import pickle
 import time
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from easyremote import ComputeNode
@@ -47,7 +48,7 @@ def functions(node: ComputeNode) -> None:
 
     @node.register
     async def multiply(a: int, b: int) -> int:
-        await anyio.sleep(0)
+        await anyio.lowlevel.checkpoint()
         return a * b
 
     @node.register

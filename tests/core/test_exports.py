@@ -58,5 +58,6 @@ def test_grpc_is_imported_only_by_its_transport() -> None:
     root = pathlib.Path(__file__).resolve().parents[2]
     offenders = [str(path.relative_to(root)) for folder in ("easyremote_core", "easyremote", "policies")
                  for path in (root / folder).rglob("*.py")
-                 if any(line.strip().startswith(("import grpc", "from grpc")) for line in path.read_text().splitlines())]
+                 if any(line.strip().startswith(("import grpc", "from grpc"))
+                        for line in path.read_text().splitlines())]
     assert offenders == []

@@ -31,7 +31,8 @@ def test_frames_round_trip_and_carry_the_version() -> None:
     assert envelope.call.function == "add" and envelope.call.payload == b"\x00" * 10
 
 
-@pytest.mark.parametrize("frame", [b"\xff\xff\xff", b"", pb.Envelope(protocol_version=PROTOCOL_VERSION).SerializeToString()])
+@pytest.mark.parametrize("frame", [b"\xff\xff\xff", b"",
+                                   pb.Envelope(protocol_version=PROTOCOL_VERSION).SerializeToString()])
 def test_malformed_frames_are_protocol_errors(frame: bytes) -> None:
     with pytest.raises(ProtocolError):
         decode(frame)

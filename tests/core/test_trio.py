@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator, Callable
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import pytest
 
 from easyremote import AsyncClient, ComputeNode, Gateway
@@ -45,7 +46,7 @@ def functions(node: ComputeNode) -> None:
 
     @node.register
     async def multiply(a: int, b: int) -> int:
-        await anyio.sleep(0)
+        await anyio.lowlevel.checkpoint()
         return a * b
 
     @node.register
@@ -55,7 +56,7 @@ def functions(node: ComputeNode) -> None:
     @node.register
     async def acount(n: int):
         for i in range(n):
-            await anyio.sleep(0)
+            await anyio.lowlevel.checkpoint()
             yield i
 
     @node.register

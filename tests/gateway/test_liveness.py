@@ -31,7 +31,7 @@ async def test_a_probe_that_raises_ends_its_link(caplog) -> None:
         node.on_state_change(lambda old, new, reason: reasons.append(reason) if new.value == "reconnecting" else None)
         async with node:
             with anyio.fail_after(5):
-                while not reasons:
+                while not reasons:  # noqa: ASYNC110 - nothing signals it
                     await anyio.sleep(0.05)
         assert "health probe 'crashing' failed: RuntimeError: this probe has a bug" in reasons[0]
 

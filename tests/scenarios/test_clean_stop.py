@@ -152,7 +152,7 @@ async def test_node_stop_is_a_goodbye_not_a_loss(transport: str, caplog: pytest.
                 assert await client.execute("echo", 4) == 4
                 node.stop()
                 with anyio.fail_after(5):
-                    while "polite" in gw.nodes():
+                    while "polite" in gw.nodes():  # noqa: ASYNC110 - nothing signals it
                         await anyio.sleep(0.02)
                 # Gone at once, not "reconnecting" for a grace period: calls fail fast.
                 with pytest.raises(Exception, match="no node serves 'echo'"):

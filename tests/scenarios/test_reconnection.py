@@ -256,7 +256,7 @@ async def settled_resources(at_most: int, limit: float = 3.0) -> dict[str, int]:
     returned; a socket still open after ``limit`` seconds is a leak.
     """
     with anyio.move_on_after(limit):
-        while (now := resources())["fds"] > at_most:
+        while (now := resources())["fds"] > at_most:  # noqa: ASYNC110 - nothing signals it
             await anyio.sleep(0.05)
         return now
     return resources()

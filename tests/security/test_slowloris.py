@@ -70,10 +70,10 @@ async def test_silent_tcp_connections_are_closed_and_do_not_keep_a_node_out(gate
     try:
         assert await served(gateway, "during-silence") < 10
         with anyio.fail_after(HANDSHAKE_TIMEOUT + 8):
-            while still_open(sockets):
+            while still_open(sockets):  # noqa: ASYNC110 - nothing signals it
                 await anyio.sleep(0.25)
         with anyio.fail_after(5):
-            while fds() > quiet_fds + 10:
+            while fds() > quiet_fds + 10:  # noqa: ASYNC110 - nothing signals it
                 await anyio.sleep(0.1)
     finally:
         for sock in sockets:

@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
+import anyio.lowlevel
 import grpc
 import grpc.aio
 import pytest
@@ -617,6 +618,6 @@ async def test_a_listener_stopped_while_its_server_starts_closes_cleanly() -> No
     with anyio.fail_after(TIMEOUT):
         async with anyio.create_task_group() as tg:
             tg.start_soon(listener.serve, echo)
-            await anyio.sleep(0)  # serve() is now inside the server's start
+            await anyio.lowlevel.checkpoint()  # serve() is now inside the server's start
             tg.cancel_scope.cancel()
         await listener.aclose()

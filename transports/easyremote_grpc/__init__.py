@@ -9,11 +9,11 @@ import os
 # A user's own GRPC_VERBOSITY (DEBUG, INFO, ERROR) still wins.
 os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
-from easyremote_core import hookimpl  # noqa: E402
+from easyremote_core import hookimpl
 
-from ._connection import ClientConnection, GrpcConnection, ServerConnection  # noqa: E402
-from ._probe import GrpcChannelStateProbe  # noqa: E402
-from ._transport import GrpcListener, GrpcTransport  # noqa: E402
+from ._connection import ClientConnection, GrpcConnection, ServerConnection
+from ._probe import GrpcChannelStateProbe
+from ._transport import GrpcListener, GrpcTransport
 
 __all__ = [
     "ClientConnection",

@@ -15,7 +15,7 @@ import anyio
 import grpc
 import grpc.aio
 from anyio import TypedAttributeSet, typed_attribute
-from grpc._cython import cygrpc
+from grpc._cython import cygrpc  # type: ignore[attr-defined]
 
 from easyremote_core import (
     Connection,

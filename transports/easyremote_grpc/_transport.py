@@ -96,7 +96,7 @@ class GrpcTransport(Transport):
             with anyio.fail_after(options.connect_timeout):
                 await _wait_until_ready(channel, address, secure=tls is not None)
                 announce = ((_options.MAX_MESSAGE_SIZE_KEY, str(options.max_message_size)),)
-                link = channel.channel.stream_stream(_options.LINK_METHOD)
+                link: Any = channel.channel.stream_stream(_options.LINK_METHOD)
                 call = link(wait_for_ready=False, metadata=announce)
                 await _wait_until_accepted(call, target)
                 peer_max = _options.peer_limit(await call.initial_metadata(), options.max_message_size)
@@ -273,7 +273,7 @@ async def _wait_until_ready(channel: ChannelStateWatch, address: Address, *, sec
 
 async def _failure_reason(channel: ChannelStateWatch) -> str:
     """gRPC tells why a channel failed only through a call: ask one that fails at once."""
-    call = channel.channel.stream_stream(_options.LINK_METHOD)(wait_for_ready=False)
+    call: Any = channel.channel.stream_stream(_options.LINK_METHOD)(wait_for_ready=False)
     try:
         await call.read()
     except grpc.aio.AioRpcError as exc:

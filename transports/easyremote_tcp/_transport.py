@@ -266,7 +266,7 @@ class TcpListener(Listener):
         self.port = listener.extra(SocketAttribute.local_port)
         self._listener = listener
         self._sockets: list[SocketListener] = (
-            list(listener.listeners) if isinstance(listener, MultiListener) else [listener]
+            list(listener.listeners) if isinstance(listener, MultiListener) else [listener]  # type: ignore[arg-type]
         )
         self._options = options
         self._ssl_context = ssl_context
