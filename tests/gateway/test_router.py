@@ -1,0 +1,93 @@
+"""The router alone: for one call, a node now, a wait, or an error, from the registry's nodes and the policy."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import anyio
+import pytest
+
+from easyremote_core._gateway._router import Refused, Routed, Router, Wait
+from easyremote_core._gateway._sessions import NodeSession
+from easyremote_core._protocol import ErrorCode, pb
+from easyremote_core._routing import RoutingPolicy
+
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(10)]
+
+
+class Recording(RoutingPolicy):
+    name = "recording"
+
+    def __init__(self) -> None:
+        self.asked: list[list[str]] = []
+
+    def choose(self, function, candidates):  # type: ignore[no-untyped-def]
+        self.asked.append([c.node_id for c in candidates])
+        return candidates[-1]
+
+
+def node(node_id: str, *functions: str, ready: bool = True, leaving: str = "", lost: bool = False,
+         in_flight: int = 0, queue: int = 10) -> NodeSession:
+    session = NodeSession(link=None, peer="test", node_id=node_id,  # type: ignore[arg-type]
+                          functions={f: pb.FunctionSpec(name=f) for f in functions},
+                          registered=ready, leaving=leaving, max_queue_size=queue)
+    session.lost_at = 1.0 if lost else None
+    session.calls = {str(i): None for i in range(in_flight)}  # type: ignore[misc]
+    return session
+
+
+def router(*nodes: NodeSession, fresh: bool = False) -> tuple[Router, Recording]:
+    policy = Recording()
+    registry = SimpleNamespace(nodes={n.node_id: n for n in nodes})
+    r = Router(registry, policy)  # type: ignore[arg-type]
+    if fresh:
+        r.accepting_unknown_until = anyio.current_time() + 60
+    return r, policy
+
+
+async def test_one_ready_node_is_chosen_without_asking_the_policy() -> None:
+    r, policy = router(node("a", "f"), node("b", "g"))
+    assert r.route("f") == Routed(r.registry.nodes["a"])
+    assert policy.asked == []
+
+
+async def test_the_policy_chooses_among_ready_nodes_with_room_only() -> None:
+    r, policy = router(node("a", "f"), node("b", "f", in_flight=10), node("c", "f"), node("d", "f", lost=True),
+                       node("e", "f", leaving="stopping"))
+    route = r.route("f")
+    assert isinstance(route, Routed) and route.node.node_id == "c"
+    assert policy.asked == [["a", "c"]]
+
+
+async def test_no_node_serving_the_function_is_an_error_unless_the_gateway_just_started() -> None:
+    r, _ = router(node("a", "f"))
+    refused = r.route("g")
+    assert isinstance(refused, Refused) and refused.code == ErrorCode.CODE_NO_NODE and "'g'" in refused.message
+    fresh, _ = router(node("a", "f"), fresh=True)
+    assert fresh.route("g") == Wait()
+
+
+async def test_a_node_coming_back_is_waited_for_and_one_stopping_is_not() -> None:
+    r, _ = router(node("a", "f", lost=True))
+    assert r.route("f") == Wait()
+    r, _ = router(node("a", "f", leaving="stopped"))
+    refused = r.route("f")
+    assert isinstance(refused, Refused) and "stopping" in refused.message
+
+
+async def test_full_queues_are_node_busy() -> None:
+    r, _ = router(node("a", "f", in_flight=2, queue=2))
+    refused = r.route("f")
+    assert isinstance(refused, Refused) and refused.code == ErrorCode.CODE_NODE_BUSY
+
+
+async def test_a_pinned_node() -> None:
+    r, policy = router(node("a", "f"), node("b", "f"))
+    route = r.route("f", node_id="b")
+    assert isinstance(route, Routed) and route.node.node_id == "b" and policy.asked == []
+    missing = r.route("f", node_id="zz")
+    assert isinstance(missing, Refused) and "'zz' is not connected" in missing.message
+    wrong = r.route("g", node_id="a")
+    assert isinstance(wrong, Refused) and "does not serve 'g'" in wrong.message
+    fresh, _ = router(fresh=True)
+    assert fresh.route("f", node_id="zz") == Wait()
