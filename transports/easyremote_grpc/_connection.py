@@ -104,70 +104,6 @@ class GrpcAttribute(TypedAttributeSet):
     channel_state: ChannelStateWatch = typed_attribute()
 
 
-class _Inbox:
-    """Frames the reader delivered, until ``receive`` takes them; then the link's end."""
-
-    def __init__(self) -> None:
-        self.frames: deque[bytes] = deque()
-        self.end: Callable[[], BaseException] | None = None
-        self._waiters: list[asyncio.Future[None]] = []
-        self._space: asyncio.Future[None] | None = None
-
-    def put(self, frames: list[bytes]) -> None:
-        self.frames.extend(frames)
-        self._wake()
-
-    def finish(self, end: Callable[[], BaseException]) -> None:
-        """Frames already delivered are still received; then ``end()`` is raised, every time."""
-        if self.end is None:
-            self.end = end
-            self._wake()
-            self._wake_reader()
-
-    def discard(self, end: Callable[[], BaseException]) -> None:
-        """Drop undelivered frames; from now on ``end()`` is raised."""
-        self.frames.clear()
-        self.end = end
-        self._wake()
-        self._wake_reader()
-
-    async def get(self) -> bytes:
-        frames = self.frames
-        while not frames:
-            if self.end is not None:
-                raise self.end()
-            waiter = asyncio.get_running_loop().create_future()
-            self._waiters.append(waiter)
-            try:
-                await waiter
-            finally:
-                if waiter in self._waiters:
-                    self._waiters.remove(waiter)
-        frame = frames.popleft()
-        if self._space is not None and len(frames) < RECEIVE_BUFFER:
-            self._wake_reader()
-        return frame
-
-    async def wait_for_space(self) -> None:
-        """Return once fewer than ``RECEIVE_BUFFER`` frames wait, or the inbox has ended."""
-        while len(self.frames) >= RECEIVE_BUFFER and self.end is None:
-            self._space = asyncio.get_running_loop().create_future()
-            try:
-                await self._space
-            finally:
-                self._space = None
-
-    def _wake(self) -> None:
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
-
-    def _wake_reader(self) -> None:
-        if self._space is not None and not self._space.done():
-            self._space.set_result(None)
-
-
 class GrpcConnection(Connection):
     """Frames over one ``/easyremote.v1.Gateway/Link`` stream.
 
@@ -183,7 +119,10 @@ class GrpcConnection(Connection):
         self.peer = peer
         self._max = max_message_size  # the largest frame this end accepts
         self._send_max = min(max_message_size, peer_max_message_size or max_message_size)
-        self._inbox = _Inbox()
+        # Frames the reader delivered, until ``receive`` takes them; a full buffer holds the
+        # reader back (and gRPC flow control the peer). Once it is closed, ``_end`` says why.
+        self._delivered, self._frames = anyio.create_memory_object_stream[bytes](RECEIVE_BUFFER)
+        self._end: Callable[[], BaseException] | None = None
         self._outbox: deque[bytes] = deque()
         self._queued_bytes = 0
         self._writer_wakeup: asyncio.Future[None] | None = None
@@ -253,7 +192,11 @@ class GrpcConnection(Connection):
             await asyncio.shield(self._drained)
 
     async def receive(self) -> bytes:
-        return await self._inbox.get()
+        try:
+            return await self._frames.receive()
+        except (anyio.EndOfStream, anyio.ClosedResourceError):
+            end = self._end
+            raise (end() if end is not None else ConnectionLostError("connection is closed")) from None
 
     def _unusable(self) -> ConnectionLostError:
         if self._closed or self._lost is None:
@@ -263,14 +206,13 @@ class GrpcConnection(Connection):
     # -- the reader and the writer ----------------------------------------------
 
     async def _read_loop(self) -> None:
-        inbox = self._inbox
         try:
-            while inbox.end is None:
+            while self._end is None:
                 message = await self._read_op()
                 if message is grpc.aio.EOF or not message:
                     end = await self._end_of(message)
                     if end is not None:
-                        inbox.finish(end)
+                        self._finish(end)
                         return
                     continue
                 frames = unpack(message)
@@ -280,9 +222,10 @@ class GrpcConnection(Connection):
                             f"{self.peer} sent a frame of {len(frame)} bytes, above max_message_size ({self._max}); "
                             "the link is closed"
                         )
-                inbox.put(frames)
-                if len(inbox.frames) >= RECEIVE_BUFFER:
-                    await inbox.wait_for_space()
+                for frame in frames:
+                    await self._delivered.send(frame)  # waits while RECEIVE_BUFFER frames are not taken
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            pass  # this end closed the link: nobody will take frames any more
         except (MessageTooLargeError, ProtocolError) as exc:
             self._mark_lost(str(exc))
             self._fail(exc)
@@ -292,6 +235,12 @@ class GrpcConnection(Connection):
         except asyncio.CancelledError:
             self._fail(await self._lose(None))
             raise
+
+    def _finish(self, end: Callable[[], BaseException]) -> None:
+        """Frames already delivered are still received; then ``end()`` is raised, every time."""
+        if self._end is None:
+            self._end = end
+            self._delivered.close()
 
     async def _write_loop(self) -> None:
         outbox = self._outbox
@@ -345,7 +294,7 @@ class GrpcConnection(Connection):
     def _fail(self, exc: BaseException) -> None:
         """The link broke: frames read so far are still received, then ``exc``."""
         self._closing = True
-        self._inbox.finish(lambda: _copy(exc))
+        self._finish(lambda: _copy(exc))
         wakeup = self._writer_wakeup
         if wakeup is not None and not wakeup.done():
             wakeup.set_result(None)
@@ -368,7 +317,10 @@ class GrpcConnection(Connection):
 
     def _close_locally(self) -> None:
         self._closed = self._closing = True
-        self._inbox.discard(lambda: ConnectionLostError("connection is closed"))
+        # Frames not yet received are dropped; from now on receive() says the link is closed.
+        self._end = lambda: ConnectionLostError("connection is closed")
+        self._delivered.close()
+        self._frames.close()
         wakeup = self._writer_wakeup  # an idle writer ends now instead of at reap's timeout
         if wakeup is not None and not wakeup.done():
             wakeup.set_result(None)
