@@ -20,7 +20,7 @@ import pytest
 from .._errors import ConfigurationError
 from .._plugins import get_plugin_manager
 from .._retry import RetryPolicy
-from .pytest_plugin import POLICY_DEST
+from .pytest_plugin import POLICY_DEST, selected_names
 
 __all__ = ["TestRetryPolicyContract"]
 
@@ -34,13 +34,7 @@ SAMPLES = 200
 
 
 def _selected_policies(config: pytest.Config, fixed: Sequence[str] | None) -> list[str]:
-    installed = get_plugin_manager().entries("retry policy")
-    names = list(fixed or config.getoption(POLICY_DEST, default=None) or sorted(installed))
-    unknown = [name for name in names if name not in installed]
-    if unknown:
-        listing = ", ".join(f"{n} ({e.distribution})" for n, e in sorted(installed.items())) or "none"
-        raise pytest.UsageError(f"no retry policy named {', '.join(unknown)}; installed: {listing}")
-    return names
+    return selected_names(config, "retry policy", POLICY_DEST, fixed)
 
 
 class TestRetryPolicyContract:

@@ -19,7 +19,7 @@ import pytest
 from .._connection import Connection
 from .._plugins import get_plugin_manager
 from .._probes import HealthProbe, LinkDead, LinkHealth
-from .pytest_plugin import PROBE_DEST
+from .pytest_plugin import PROBE_DEST, selected_names
 
 __all__ = ["TestHealthProbeContract"]
 
@@ -52,13 +52,7 @@ def _link() -> LinkHealth:
 
 
 def _selected_probes(config: pytest.Config, fixed: Sequence[str] | None) -> list[str]:
-    installed = get_plugin_manager().entries("health probe")
-    names = list(fixed or config.getoption(PROBE_DEST, default=None) or sorted(installed))
-    unknown = [name for name in names if name not in installed]
-    if unknown:
-        listing = ", ".join(f"{n} ({e.distribution})" for n, e in sorted(installed.items())) or "none"
-        raise pytest.UsageError(f"no health probe named {', '.join(unknown)}; installed: {listing}")
-    return names
+    return selected_names(config, "health probe", PROBE_DEST, fixed)
 
 
 async def _frames_until(link: LinkHealth, seconds: float) -> None:

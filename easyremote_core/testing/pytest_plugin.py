@@ -7,6 +7,8 @@ Load it with ``-p easyremote_core.testing.pytest_plugin``; see :mod:`easyremote_
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pytest
 
 OPTION = "--easyremote-transport"
@@ -46,3 +48,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="run the health probe contract suite against this installed probe "
         "(repeat for several; default: every installed probe)",
     )
+
+
+def selected_names(config: pytest.Config, kind: str, dest: str, fixed: Sequence[str] | None) -> list[str]:
+    """The installed plugins of one ``kind`` a contract suite runs against: ``fixed``, else the
+    command line's (``dest``), else every installed one; an unknown name stops the run."""
+    from easyremote_core import get_plugin_manager
+
+    installed = get_plugin_manager().entries(kind)
+    names = list(fixed or config.getoption(dest, default=None) or sorted(installed))
+    unknown = [name for name in names if name not in installed]
+    if unknown:
+        listing = ", ".join(f"{n} ({e.distribution})" for n, e in sorted(installed.items())) or "none"
+        raise pytest.UsageError(f"no {kind} named {', '.join(unknown)}; installed: {listing}")
+    return names

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Iterator
 
 import anyio
 import pytest
@@ -16,8 +17,19 @@ pytestmark = pytest.mark.timeout(60)
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _one_event_loop_per_module() -> None:
-    """This module is synchronous: no event loop of the test's own (the Client runs one)."""
+def _one_event_loop_per_module() -> Iterator[None]:
+    """This module is synchronous: no event loop of the test's own (the Client runs one).
+
+    ``@remote`` keeps one Client per gateway for the life of the process; close them when the
+    module's gateway is gone, or they go on reconnecting beside the next tests.
+    """
+    yield
+    from easyremote_core import _remote
+
+    with _remote._clients_lock:
+        clients, _remote._clients = list(_remote._clients.values()), {}
+    for client in clients:
+        client.close()
 
 NODE = """
 import sys, time

@@ -360,11 +360,14 @@ class TcpListener(Listener):
         self._closed = True
         for link in self._links:  # every close from here on is a reset
             link._mark_aborted()
+        # The sockets first: anyio stops watching them before it ends a pending accept. Cancelling
+        # the accepting task first would leave asyncio a moment to complete that accept into a
+        # cancelled future (InvalidStateError in _sock_accept, bpo-41317).
+        await self._listener.aclose()
         if self._task_group is not None:
             self._task_group.cancel_scope.cancel()
         for link in list(self._links):
             await link.abort()
-        await self._listener.aclose()
 
 
 class TcpTransport(Transport):
