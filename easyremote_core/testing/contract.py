@@ -23,6 +23,7 @@ from .._address import Address
 from .._errors import ConnectionLostError, GatewayUnavailableError, MessageTooLargeError
 from .._plugins import get_plugin_manager
 from .._transport import Connection, LinkOptions, Listener, Transport
+from .events import StateRecorder
 from .memory import MemoryListener, MemoryTransport
 from .pytest_plugin import DEST, selected_names
 
@@ -555,23 +556,15 @@ class TestTransportContract:
                 node = ComputeNode(f"{transport.name}://{faults.address}", "contract-node", transport=transport,
                                    health_probes=["heartbeat"], heartbeat_interval=timeout / 5,
                                    heartbeat_timeout=timeout, reconnect_interval=30)
-                lost = anyio.Event()
-                reasons: list[str] = []
-
-                def on_state(old: object, new: object, reason: str) -> None:
-                    if str(new) == "reconnecting":
-                        reasons.append(reason)
-                        lost.set()
-
-                node.on_state_change(on_state)
+                states = StateRecorder()
+                node.on_state_change(states)
                 async with node:
                     await node.wait_ready()
                     link = node._supervisor.link if node._supervisor is not None else None
                     assert link is not None
                     faults.blackhole()
-                    await lost.wait()
-                    detected = anyio.current_time()
-                    assert reasons[0] == "Heartbeat timeout detected"
+                    reason, detected = await states.wait_for("reconnecting")
+                    assert reason == "Heartbeat timeout detected"
                     assert detected - link.last_received <= timeout * 1.1 + 0.05
                     faults.heal()
 

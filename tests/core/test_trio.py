@@ -12,6 +12,7 @@ import pytest
 from easyremote import AsyncClient, ComputeNode, Gateway
 from easyremote.errors import RemoteExecutionError
 from easyremote_core import PluginManager, hookimpl
+from easyremote_core.testing.events import StateRecorder
 
 from .conftest import address, client_for, running_node
 
@@ -121,23 +122,6 @@ class Registrations:
             await self._changed.wait()
 
 
-class States:
-    """The node's connection states, as ``on_state_change`` reports them."""
-
-    def __init__(self) -> None:
-        self.seen: list[str] = []
-        self._changed = anyio.Event()
-
-    def __call__(self, old: object, new: object, reason: str) -> None:
-        self.seen.append(str(new))
-        self._changed.set()
-        self._changed = anyio.Event()
-
-    async def wait_for(self, state: str, after: int = 0) -> None:
-        while state not in self.seen[after:]:
-            await self._changed.wait()
-
-
 class GatewayRun:
     """One ``async with Gateway(...)`` held open in its own task, so that it can end while
     the node and client opened after it stay up (task groups close innermost first)."""
@@ -165,7 +149,7 @@ async def test_node_reconnects_after_the_gateway_restarts_in_process(transport_n
     manager.load_entry_points()
     registrations = Registrations()
     manager.register(registrations)
-    states = States()
+    states = StateRecorder()
 
     def gateway(port: int) -> Gateway:
         return Gateway(port=port, host="127.0.0.1", transport=transport_name, startup_grace=5.0,

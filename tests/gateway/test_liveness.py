@@ -10,6 +10,7 @@ from easyremote import AsyncClient, ComputeNode, Gateway
 from easyremote.errors import EasyRemoteError
 from easyremote_core import HealthProbe, LinkHealth, LinkOptions, get_plugin_manager, parse_address
 from easyremote_core._protocol import PROTOCOL_VERSION, decode, encode, pb
+from easyremote_core.testing.events import StateRecorder
 from easyremote_core.testing.processes import GatewayProcess
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
@@ -27,13 +28,12 @@ async def test_a_probe_that_raises_ends_its_link(caplog) -> None:
     async with Gateway(port=0, host="127.0.0.1", transport="tcp", startup_grace=0) as gw:
         node = ComputeNode(f"tcp://127.0.0.1:{gw.port}", "probed", health_probes=[Crashing()],
                            reconnect_interval=5, heartbeat_interval=0.5, heartbeat_timeout=2.0)
-        reasons: list[str] = []
-        node.on_state_change(lambda old, new, reason: reasons.append(reason) if new.value == "reconnecting" else None)
+        states = StateRecorder()
+        node.on_state_change(states)
         async with node:
             with anyio.fail_after(5):
-                while not reasons:  # noqa: ASYNC110 - nothing signals it
-                    await anyio.sleep(0.05)
-        assert "health probe 'crashing' failed: RuntimeError: this probe has a bug" in reasons[0]
+                reason, _ = await states.wait_for("reconnecting")
+        assert "health probe 'crashing' failed: RuntimeError: this probe has a bug" in reason
 
 
 async def test_the_heartbeat_watch_is_there_even_when_not_asked_for() -> None:

@@ -11,6 +11,7 @@ import pytest
 
 from easyremote import AsyncClient
 from easyremote.errors import AuthenticationError, GatewayUnavailableError
+from easyremote_core.testing.events import StateRecorder
 from easyremote_core.testing.processes import GatewayProcess, PythonProcess
 
 from .conftest import gateway_process, in_thread, scenario_node
@@ -19,20 +20,6 @@ pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
 
 #: Refused attempts every ~0.2 s while the gateway is down.
 QUICK = dict(reconnect_interval=0.2, max_reconnect_interval=0.2, retry_policy="constant")
-
-
-class States:
-    """Every state change of one peer, as (new state, reason)."""
-
-    def __init__(self) -> None:
-        self.seen: list[tuple[str, str]] = []
-
-    def __call__(self, old, new, reason: str) -> None:
-        self.seen.append((new.value, reason))
-
-    @property
-    def last(self) -> tuple[str, str]:
-        return self.seen[-1]
 
 
 def attempts_logged(timeline, peer: str, after: float) -> int:
@@ -80,7 +67,7 @@ async def test_the_counters_across_an_outage_and_two_gateway_restarts(timeline) 
 async def test_stopping_a_node_or_closing_a_client_ends_with_reason_stopped(timeline) -> None:
     with gateway_process("grpc") as gateway:
         address = f"grpc://{gateway.address}"
-        node_states, client_states = States(), States()
+        node_states, client_states = StateRecorder(), StateRecorder()
         node = scenario_node(address, **QUICK)
         node.on_state_change(node_states)
         async with node:
@@ -101,7 +88,7 @@ async def test_stopping_a_node_or_closing_a_client_ends_with_reason_stopped(time
 
 async def test_a_node_that_gives_up_ends_with_that_error() -> None:
     with gateway_process("tcp") as gateway:
-        states = States()
+        states = StateRecorder()
         node = scenario_node(f"tcp://{gateway.address}", max_retry_attempts=2, **QUICK)
         node.on_state_change(states)
         async with anyio.create_task_group() as tg:
@@ -124,7 +111,7 @@ async def test_a_node_that_gives_up_ends_with_that_error() -> None:
 async def test_a_refused_token_ends_with_the_authentication_error() -> None:
     with GatewayProcess(args=("--transport", "tcp", "--token", "right")) as gateway:
         gateway.start()
-        states = States()
+        states = StateRecorder()
         client = AsyncClient(f"tcp://{gateway.address}", auth_token="wrong", timeout=5, **QUICK)
         client.on_state_change(states)
         async with client:
