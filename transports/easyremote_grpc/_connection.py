@@ -15,7 +15,6 @@ import anyio
 import grpc
 import grpc.aio
 from anyio import TypedAttributeSet, typed_attribute
-from grpc._cython import cygrpc  # type: ignore[attr-defined]
 
 from easyremote_core import (
     Connection,
@@ -27,6 +26,7 @@ from easyremote_core import (
 from easyremote_core._logs import capped
 
 from ._channel import ChannelStateWatch
+from ._errors import GRPC_FAILURES, describe_failure, describe_status, link_broke
 
 logger = capped(logging.getLogger("easyremote.grpc"))
 
@@ -57,8 +57,6 @@ SEND_HIGH_WATER = 4 * 1024 * 1024
 # Frames read but not yet received; past it the reader stops reading (gRPC flow control
 # then holds the peer back).
 RECEIVE_BUFFER = 1024
-
-_GrpcFailure = (grpc.RpcError, grpc.aio.BaseError, asyncio.InvalidStateError)
 
 
 def pack(frames: list[bytes]) -> bytes:
@@ -230,7 +228,7 @@ class GrpcConnection(Connection):
             self._mark_lost(str(exc))
             self._fail(exc)
             self._abort_after_protocol_error(str(exc))
-        except _GrpcFailure as exc:
+        except GRPC_FAILURES as exc:
             self._fail(await self._lose(exc))
         except asyncio.CancelledError:
             self._fail(await self._lose(None))
@@ -260,7 +258,7 @@ class GrpcConnection(Connection):
                 await self._write_op(message)
             if self._lost is None:
                 await self._after_writes()
-        except _GrpcFailure as exc:
+        except GRPC_FAILURES as exc:
             self._fail(await self._lose(exc))
         except asyncio.CancelledError:
             self._fail(await self._lose(None))
@@ -306,7 +304,7 @@ class GrpcConnection(Connection):
         if self._closed:
             return ConnectionLostError("connection is closed")
         if self._lost is None:
-            self._lost = f"link to {self.peer} broke: {await self._describe_failure(exc)}"
+            self._lost = str(link_broke(self.peer, await self._describe_failure(exc)))
             logger.debug("%s", self._lost)
         return ConnectionLostError(self._lost)
 
@@ -410,11 +408,11 @@ class ClientConnection(GrpcConnection):
         raise ProtocolError("the gateway sent an empty message")
 
     async def _describe_failure(self, exc: BaseException | None) -> str:
-        if isinstance(exc, grpc.aio.AioRpcError):
-            return describe_rpc_error(exc.code(), exc.details())
-        if self._call.done() and not self._call.cancelled():
-            return describe_rpc_error(await self._call.code(), await self._call.details())
-        return f"{type(exc).__name__}: {exc}" if exc is not None else "the call was cancelled"
+        if not isinstance(exc, grpc.aio.AioRpcError) and self._call.done() and not self._call.cancelled():
+            return describe_status(await self._call.code(), await self._call.details())
+        if exc is None:
+            return "the call was cancelled"
+        return describe_failure(exc)
 
     async def _after_writes(self) -> None:
         if self._closed and not self._call.done():  # an orderly close: tell the gateway
@@ -482,10 +480,7 @@ class ServerConnection(GrpcConnection):
         return anyio.EndOfStream  # the close marker
 
     async def _describe_failure(self, exc: BaseException | None) -> str:
-        if exc is None or isinstance(exc, (asyncio.CancelledError, cygrpc.ExecuteBatchError)):
-            # ExecuteBatchError: a read or write of an RPC the peer's end already reset
-            return "the peer went away without closing the link"
-        return f"{type(exc).__name__}: {exc}"
+        return describe_failure(exc)
 
     def _abort_after_protocol_error(self, reason: str) -> None:
         self.abort(reason)
@@ -536,14 +531,6 @@ class ServerConnection(GrpcConnection):
         if self._abort_reason is not None:
             self._context.set_code(grpc.StatusCode.UNAVAILABLE)
             self._context.set_details(self._abort_reason)
-
-
-def describe_rpc_error(code: grpc.StatusCode | None, details: str | None) -> str:
-    name = code.name if code is not None else "UNKNOWN"
-    text = f"{name}: {details}" if details else name
-    if code is grpc.StatusCode.RESOURCE_EXHAUSTED and details and "larger than max" in details:
-        text += " (a frame exceeded the receiver's max_message_size)"
-    return text
 
 
 def readable_peer(peer: str) -> str:

@@ -20,19 +20,17 @@ from easyremote_core import (
     Connection,
     ConnectionHandler,
     ConnectionLostError,
-    GatewayUnavailableError,
     HealthProbe,
     LinkOptions,
     Listener,
-    ProtocolError,
     TLSConfig,
     Transport,
 )
-from easyremote_core._tls import CLIENT_CERT, PLAIN_TO_TLS, explain, speaks_tls
+from easyremote_core._tls import speaks_tls
 
-from . import _options
+from . import _errors, _options
 from ._channel import ChannelStateWatch
-from ._connection import ClientConnection, ServerConnection, describe_rpc_error
+from ._connection import ClientConnection, ServerConnection
 from ._probe import GrpcChannelStateProbe
 
 logger = logging.getLogger("easyremote.grpc")
@@ -105,10 +103,7 @@ class GrpcTransport(Transport):
             with anyio.CancelScope(shield=True):
                 await channel.close()
             if isinstance(exc, TimeoutError):
-                raise GatewayUnavailableError(
-                    f"cannot reach gateway at {target}: no link within connect_timeout "
-                    f"({options.connect_timeout}s), channel state {state.name}"
-                ) from None
+                raise _errors.no_link_in_time(target, options.connect_timeout, state) from None
             raise
         logger.debug("gRPC link to %s open", target)
         return ClientConnection(channel, call, target, options.max_message_size, peer_max)
@@ -256,17 +251,12 @@ async def _wait_until_ready(channel: ChannelStateWatch, address: Address, *, sec
     state = channel.get_state(try_to_connect=True)
     while state is not _State.READY:
         if state is _State.TRANSIENT_FAILURE:
-            reason = await _failure_reason(channel)
-            cause = explain(reason)
-            if cause is None and "socket closed" in reason.lower():
-                if secure:  # TLS 1.3: a refused client certificate closes the link after the handshake
-                    cause = f"the gateway closed the link right after the TLS handshake; most likely {CLIENT_CERT}"
-                elif await speaks_tls(address.host, address.port):
-                    cause = PLAIN_TO_TLS
-            raise GatewayUnavailableError(f"cannot reach gateway at {target}: "
-                                          + (f"{cause} (gRPC: {reason})" if cause else reason))
+            report = await _failure_reason(channel)
+            plain_met_tls = (not secure and "socket closed" in report.lower()
+                             and await speaks_tls(address.host, address.port))
+            raise _errors.unreachable(target, report, secure=secure, speaks_tls=plain_met_tls)
         if state is _State.SHUTDOWN:
-            raise GatewayUnavailableError(f"cannot reach gateway at {target}: the channel was shut down")
+            raise _errors.shut_down(target)
         await channel.wait_for_state_change(state)
         state = channel.get_state(try_to_connect=True)
 
@@ -290,10 +280,7 @@ async def _wait_until_accepted(call: grpc.aio.StreamStreamCall, target: str) -> 
     code, details = await call.code(), await call.details()
     if code is grpc.StatusCode.OK:
         return  # accepted and closed at once; the first receive reports the orderly close
-    reason = describe_rpc_error(code, details)
-    if code is grpc.StatusCode.UNIMPLEMENTED:
-        raise ProtocolError(f"{target} does not serve {_options.LINK_METHOD}; is it an EasyRemote gateway? ({reason})")
-    raise GatewayUnavailableError(f"gateway at {target} refused the link: {reason}")
+    raise _errors.refused(target, code, details, _options.LINK_METHOD)
 
 
 def _require_asyncio(operation: str) -> None:
