@@ -39,7 +39,7 @@ async def answers(gateway: GatewayProcess, *frames: pb.Envelope) -> list[pb.Enve
                 got.append(decode(await connection.receive()))
                 if got[-1].WhichOneof("body") == "reject":
                     break
-    except Exception:  # noqa: BLE001 - the gateway ends the link as it refuses
+    except Exception:
         pass
     finally:
         await connection.drop()
