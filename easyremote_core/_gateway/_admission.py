@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import anyio
 
 from .._config import HEARTBEAT_INTERVAL_RANGE, HEARTBEAT_TIMEOUT_RANGE
 from .._errors import EasyRemoteError, ProtocolError
 from .._protocol import decode, encode, pb
+from .._slots import OldestOut
 from .._transport import Connection
 
 #: Spreads retries and checks; its own generator, so the program's ``random`` state is left alone.
@@ -46,31 +45,14 @@ class Admission:
         self.handshake_timeout = handshake_timeout
         self.rate = rate
         self.max_pending = max_pending
-        self._pending: dict[anyio.CancelScope, str] = {}  # connections waiting for their hello, oldest first
+        #: Connections waiting for their hello: past ``max_pending``, the oldest is closed to make room.
+        self.pending = OldestOut(max_pending)
         self._tokens = rate  # a full bucket: a burst of this many at once
         self._at = 0.0
         self._turns: dict[str, float] = {}  # node_id -> when a node told to wait may come in
 
     def start(self) -> None:
         self._at = anyio.current_time()
-
-    @contextmanager
-    def pending(self, peer: str) -> Iterator[None]:
-        """Counts a connection as waiting for its hello while the block runs.
-
-        Past ``max_pending`` such connections, the oldest one's block is cancelled to make
-        room: a slow peer holding connections open cannot keep a quick newcomer out.
-        """
-        with anyio.CancelScope() as scope:
-            if len(self._pending) >= self.max_pending:
-                oldest = next(iter(self._pending))
-                del self._pending[oldest]
-                oldest.cancel()
-            self._pending[scope] = peer
-            try:
-                yield
-            finally:
-                self._pending.pop(scope, None)
 
     async def receive_hello(self, connection: Connection) -> pb.Hello:
         """The peer's hello; ``TimeoutError`` after ``handshake_timeout``, ``ProtocolError`` for another frame."""

@@ -206,6 +206,7 @@ class CallTable:
             self._drop_held(caller)
             return
         call.held.append(envelope)
+        call.held_bytes += size
         if caller is not None:
             caller.held_bytes += size
 
@@ -217,7 +218,8 @@ class CallTable:
     def _release_held(self, call: Call) -> list[pb.Envelope]:
         held, call.held = call.held, []
         if call.caller is not None:
-            call.caller.held_bytes -= sum(envelope.ByteSize() for envelope in held)
+            call.caller.held_bytes -= call.held_bytes
+        call.held_bytes = 0
         return held
 
     def _drop_held(self, caller: Peer) -> None:

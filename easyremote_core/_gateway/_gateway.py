@@ -245,7 +245,7 @@ class Gateway(ServingLifecycle):
     async def _handle_connection(self, connection: Connection) -> None:
         hello: pb.Hello | None = None
         try:
-            with self._admission.pending(connection.peer):
+            with self._admission.pending.slot():
                 hello = await self._admission.receive_hello(connection)
         except ProtocolError as exc:
             self._quiet.log(logging.WARNING, connection.peer, "protocol", "Refused %s: ProtocolError: %s",

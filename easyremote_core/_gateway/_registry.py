@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 import logging
 import math
 from collections.abc import Callable
@@ -185,7 +186,7 @@ class Registry:
         page = pb.NodeList(request_id=request.request_id)
         after = request.page_token
         taken = 0
-        for node_id in sorted(node_id for node_id in self.nodes if node_id > after):
+        for node_id in heapq.nsmallest(size + 1, (node_id for node_id in self.nodes if node_id > after)):
             if len(page.nodes) == size or taken > PAGE_BYTES:
                 page.next_page_token = page.nodes[-1].node_id
                 break

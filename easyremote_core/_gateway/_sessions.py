@@ -68,5 +68,6 @@ class Call:
     deliveries: int = 0
     started: float = 0.0
     held: list[pb.Envelope] = field(default_factory=list)  # answers held while the client is away
+    held_bytes: int = 0  # their size
     caller: Peer | None = None  # the client session that asked last, present or not
     owner: tuple[bytes, Credential] = (b"", ANYONE)  # the caller's key and credential

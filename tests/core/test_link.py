@@ -46,8 +46,8 @@ async def pair() -> AsyncIterator[tuple[Connection, Connection]]:
             tg.cancel_scope.cancel()
 
 
-def make_link(connection: Connection, frames: list[pb.Envelope] | None = None, **options: object) -> Link:
-    settings: dict[str, object] = dict(on_frame=(frames.append if frames is not None else lambda envelope: None),
+def make_link(connection: Connection, **options: object) -> Link:
+    settings: dict[str, object] = dict(on_frame=lambda envelope: None,
                                        heartbeat_interval=5.0, heartbeat_timeout=15.0, health_check_interval=15.0,
                                        probes=[], send_heartbeats=False, peer_name="peer")
     settings.update(options)
@@ -56,16 +56,21 @@ def make_link(connection: Connection, frames: list[pb.Envelope] | None = None, *
 
 async def test_heartbeats_are_answered_and_other_frames_handed_on() -> None:
     frames: list[pb.Envelope] = []
+    handed_on = anyio.Event()
+
+    def on_frame(envelope: pb.Envelope) -> None:
+        frames.append(envelope)
+        handed_on.set()
+
     async with pair() as (ours, peer), anyio.create_task_group() as tg:
-        link = make_link(ours, frames)
+        link = make_link(ours, on_frame=on_frame)
         tg.start_soon(link.run)
         await peer.send(encode(pb.Envelope(heartbeat=pb.Heartbeat(seq=7))))
         reply = decode(await peer.receive())
         assert reply.heartbeat.seq == 7 and reply.heartbeat.reply
         await peer.send(encode(pb.Envelope(goodbye=pb.Goodbye(reason="bye"))))
         with anyio.fail_after(5):
-            while not frames:  # noqa: ASYNC110 - the link hands frames on without a signal
-                await anyio.sleep(0.01)
+            await handed_on.wait()
         assert frames[0].WhichOneof("body") == "goodbye" and not frames[0].HasField("heartbeat")
         link.close("done")
 

@@ -7,8 +7,7 @@ import os
 import socket
 import ssl
 import struct
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +33,7 @@ from easyremote_core import (
     wait_until_listening,
 )
 from easyremote_core._logs import Quieter, capped
+from easyremote_core._slots import OldestOut
 from easyremote_core._tls import CLIENT_CERT, PLAIN_TO_TLS, explain_error, speaks_tls
 
 logger = capped(logging.getLogger(__name__))
@@ -272,7 +272,7 @@ class TcpListener(Listener):
         self._ssl_context = ssl_context
         self._tuning = tuning
         self._links: set[TcpConnection] = set()
-        self._handshaking: dict[anyio.CancelScope, str] = {}  # links in their handshake, oldest first
+        self._handshaking = OldestOut(options.max_pending_handshakes)  # links in their TLS and greeting
         self._quiet = Quieter(logger)
         self._task_group: TaskGroup | None = None
         self._closed = False
@@ -305,7 +305,7 @@ class TcpListener(Listener):
         stream: ByteStream | None = None
         try:
             self._tuning.apply(raw.extra(SocketAttribute.raw_socket))
-            with anyio.fail_after(self._options.handshake_timeout), self._handshake_slot():
+            with anyio.fail_after(self._options.handshake_timeout), self._handshaking.slot():
                 tls: ByteStream = raw
                 if self._ssl_context is not None:
                     tls = await TLSStream.wrap(
@@ -339,20 +339,6 @@ class TcpListener(Listener):
                 await connection.abort()
             else:
                 await connection.aclose()
-
-    @contextmanager
-    def _handshake_slot(self) -> Iterator[None]:
-        """One of ``max_pending_handshakes`` places; when all are taken, the oldest is cancelled."""
-        with anyio.CancelScope() as scope:
-            if len(self._handshaking) >= self._options.max_pending_handshakes:
-                oldest = next(iter(self._handshaking))
-                del self._handshaking[oldest]
-                oldest.cancel()
-            self._handshaking[scope] = ""
-            try:
-                yield
-            finally:
-                self._handshaking.pop(scope, None)
 
     async def aclose(self) -> None:
         if self._closed:
