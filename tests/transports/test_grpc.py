@@ -418,15 +418,43 @@ async def test_trio_is_refused_with_a_clear_message() -> None:
     await anyio.to_thread.run_sync(functools.partial(anyio.run, under_trio, backend="trio"))
 
 
+async def test_a_link_s_tasks_live_and_end_with_it() -> None:
+    """Each end's reader and writer run inside the link's own task group (a host task on the
+    dialling end, the listener's task on the accepting end): a caller cancelled in the middle
+    of a receive leaves the link working, and once both ends are closed no task is left."""
+    import asyncio
+
+    def link_tasks() -> list[str]:
+        return [t.get_name() for t in asyncio.all_tasks() if t.get_name().startswith("easyremote-grpc")]
+
+    assert link_tasks() == []
+    async with serving(echo) as listener:
+        connections = [await dial(listener.port) for _ in range(5)]
+        for connection in connections:
+            with anyio.move_on_after(0.01):
+                await connection.receive()  # nothing comes: the caller's scope cuts the read short
+            await connection.send(b"still here")
+            with anyio.fail_after(TIMEOUT):
+                assert await connection.receive() == b"still here"
+        readers = [name for name in link_tasks() if name.startswith("easyremote-grpc-reader")]
+        assert len(readers) == 10  # one per end of each link
+        for connection in connections:
+            with anyio.fail_after(TIMEOUT):
+                await connection.aclose()
+    assert link_tasks() == []  # serving() returns once the listener's tasks have ended
+
+
 async def test_closing_a_link_ends_the_channel_state_watches_it_left_pending() -> None:
-    """A probe's wait cut short by its timer leaves a watch in gRPC core; closing the link
-    must end it, or it completes after its event loop closed ("Event loop is closed")."""
+    """A probe's wait cut short by its timer must not leave watches in gRPC core, and closing
+    the link must end the one it keeps, or it completes after its event loop closed ("Event
+    loop is closed")."""
     async with serving(echo) as listener:
         connection = await dial(listener.port)
         assert isinstance(connection, ClientConnection)
-        with anyio.move_on_after(0.1):  # READY stays READY: the wait is cut short
-            await connection.channel_state.wait_for_state_change(connection.channel.get_state())
-        assert connection.channel_state.pending == 1
+        for _ in range(3):  # READY stays READY: each wait is cut short
+            with anyio.move_on_after(0.05):
+                await connection.channel_state.wait_for_state_change(connection.channel.get_state())
+        assert connection.channel_state.pending == 1  # the one watch the link keeps, not one per wait
         with anyio.fail_after(TIMEOUT):
             await connection.aclose()
         assert connection.channel_state.pending == 0

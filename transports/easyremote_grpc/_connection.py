@@ -7,11 +7,12 @@ import logging
 import struct
 from abc import abstractmethod
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 from urllib.parse import unquote
 
 import anyio
+import anyio.abc
 import grpc
 import grpc.aio
 from anyio import TypedAttributeSet, typed_attribute
@@ -23,6 +24,7 @@ from easyremote_core import (
     MessageTooLargeError,
     ProtocolError,
 )
+from easyremote_core._backend import HostTask
 from easyremote_core._logs import capped
 
 from ._channel import ChannelStateWatch
@@ -106,11 +108,16 @@ class GrpcConnection(Connection):
     """Frames over one ``/easyremote.v1.Gateway/Link`` stream.
 
     grpc.aio cancels the whole RPC when a task awaiting one of its reads or writes is
-    cancelled, and refuses overlapping writes. So one reader task and one writer task,
-    owned by this connection, do every read and write: ``receive`` takes frames the
-    reader delivered, ``send`` queues frames for the writer, which packs the frames
-    waiting together into one gRPC message. A caller may be cancelled at any await
-    without harming the link. ``aclose`` waits for both tasks.
+    cancelled, and refuses overlapping writes. So one reader task and one writer task do
+    every read and write: ``receive`` takes frames the reader delivered, ``send`` queues
+    frames for the writer, which packs the frames waiting together into one gRPC message.
+    A caller may be cancelled at any await without harming the link.
+
+    The two tasks run in a task group of :meth:`run_io`, inside a shielded scope: the
+    scope of whoever runs it cannot cut a read short and so kill the RPC; only
+    :meth:`reap` ends them, once the RPC has ended (or after ``CLOSE_TIMEOUT``). The
+    dialling end runs :meth:`run_io` in a host task it owns and always waits for; the
+    accepting end in the listener's task for the link.
     """
 
     def __init__(self, peer: str, max_message_size: int, peer_max_message_size: int | None = None) -> None:
@@ -128,12 +135,29 @@ class GrpcConnection(Connection):
         self._closing = False  # no more sends; the writer ends once the outbox is empty
         self._closed = False  # closed by this side: sends and receives fail
         self._lost: str | None = None
-        self._reader: asyncio.Task[None] | None = None
-        self._writer: asyncio.Task[None] | None = None
+        self._io = anyio.CancelScope(shield=True)  # the reader's and the writer's
+        self._io_started = False
+        self._io_ended = anyio.Event()
+        self._writer_ended = anyio.Event()
+        self._writing = False  # a gRPC write is in flight
 
-    def _start(self) -> None:
-        self._reader = _spawn(self._read_loop())
-        self._writer = _spawn(self._write_loop())
+    async def run_io(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Run the reader and the writer until both end with the RPC or :meth:`reap` cancels them."""
+        if self._io_started:
+            raise RuntimeError("run_io() runs once")
+        self._io_started = True
+        try:
+            with self._io:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._read_loop, name=f"easyremote-grpc-reader {self.peer}")
+                    tg.start_soon(self._write_loop, name=f"easyremote-grpc-writer {self.peer}")
+                    task_status.started()
+        except Exception as exc:  # beyond the failures the reader and the writer report themselves
+            logger.error("gRPC link to %s: its reader or writer failed", self.peer, exc_info=exc)
+            self._fail(ConnectionLostError(f"link to {self.peer} broke: {exc!r}"))
+        finally:
+            self._writer_ended.set()
+            self._io_ended.set()
 
     # -- what each end provides -------------------------------------------------
 
@@ -230,9 +254,13 @@ class GrpcConnection(Connection):
             self._abort_after_protocol_error(str(exc))
         except GRPC_FAILURES as exc:
             self._fail(await self._lose(exc))
-        except asyncio.CancelledError:
-            self._fail(await self._lose(None))
-            raise
+        except anyio.get_cancelled_exc_class():
+            self._fail(self._cancelled())
+            if self._io.cancel_called:
+                raise
+            # grpc.aio raises CancelledError from a read of a cancelled RPC: the link ended.
+            # Raised on, it would cancel the writer and, kept in a reference cycle with
+            # anyio's frames, hold the call (and so the closed channel) until a collection.
 
     def _finish(self, end: Callable[[], BaseException]) -> None:
         """Frames already delivered are still received; then ``end()`` is raised, every time."""
@@ -255,18 +283,25 @@ class GrpcConnection(Connection):
                         self._writer_wakeup = None
                     continue
                 message = self._take_message()
-                await self._write_op(message)
+                self._writing = True
+                try:
+                    await self._write_op(message)
+                finally:
+                    self._writing = False
             if self._lost is None:
                 await self._after_writes()
         except GRPC_FAILURES as exc:
             self._fail(await self._lose(exc))
-        except asyncio.CancelledError:
-            self._fail(await self._lose(None))
-            raise
+        except anyio.get_cancelled_exc_class():
+            self._fail(self._cancelled())
+            if self._io.cancel_called:
+                raise
+            # a write to a cancelled RPC: the link ended (see _read_loop)
         finally:
             outbox.clear()
             self._queued_bytes = 0
             self._wake_senders()
+            self._writer_ended.set()
 
     def _take_message(self) -> bytes:
         """Pop the frames that go out in the next message and pack them."""
@@ -308,6 +343,13 @@ class GrpcConnection(Connection):
             logger.debug("%s", self._lost)
         return ConnectionLostError(self._lost)
 
+    def _cancelled(self) -> ConnectionLostError:
+        """What the link's users see once :meth:`reap` cancelled a read or a write."""
+        if self._closed:
+            return ConnectionLostError("connection is closed")
+        self._mark_lost("the link's reads and writes were cancelled")
+        return ConnectionLostError(self._lost or "connection is closed")
+
     def _mark_lost(self, reason: str) -> None:
         if self._lost is None:
             self._lost = f"link to {self.peer} broke: {reason}"
@@ -329,8 +371,7 @@ class GrpcConnection(Connection):
         wakeup = self._writer_wakeup
         if wakeup is not None and not wakeup.done():
             wakeup.set_result(None)
-        if self._writer is not None:
-            await asyncio.wait({self._writer})
+        await self._writer_ended.wait()  # the dialling end's host task always runs it; the listener starts it first
 
     async def reap(self) -> None:
         """Wait for the reader and the writer to end with the call, cancelling stragglers.
@@ -339,13 +380,15 @@ class GrpcConnection(Connection):
         cancelled here leaves a core completion behind that may arrive late.
         """
         self._close_locally()
-        tasks = {t for t in (self._reader, self._writer) if t is not None and not t.done()}
-        if tasks:
-            _, stragglers = await asyncio.wait(tasks, timeout=CLOSE_TIMEOUT)
-            for task in stragglers:
-                task.cancel()
-            if stragglers:
-                await asyncio.wait(stragglers)
+        if not self._io_started:
+            self._io.cancel()  # run_io, if it ever starts, ends at once
+            return
+        with anyio.CancelScope(shield=True):
+            with anyio.move_on_after(CLOSE_TIMEOUT):
+                await self._io_ended.wait()
+            if not self._io_ended.is_set():
+                self._io.cancel()
+                await self._io_ended.wait()
 
 
 def _copy(exc: BaseException) -> BaseException:
@@ -353,18 +396,6 @@ def _copy(exc: BaseException) -> BaseException:
     fresh = type(exc)(*exc.args)
     fresh.__cause__ = exc.__cause__
     return fresh
-
-
-def _spawn(operation: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-    task = asyncio.ensure_future(operation)
-    task.add_done_callback(_retrieve_outcome)
-    return task
-
-
-def _retrieve_outcome(task: asyncio.Task[Any]) -> None:
-    """Log what a reader or writer raised beyond the failures it reports itself."""
-    if not task.cancelled() and task.exception() is not None:
-        logger.error("gRPC link task failed", exc_info=task.exception())
 
 
 class ClientConnection(GrpcConnection):
@@ -383,7 +414,7 @@ class ClientConnection(GrpcConnection):
         self.channel = channel.channel
         self.channel_state = channel  # what the channel-state probe waits on
         self._call_or_none: grpc.aio.StreamStreamCall | None = call
-        self._start()
+        self._host = HostTask.spawn(self.run_io, name=f"easyremote-grpc-link {peer}")
 
     @property
     def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
@@ -446,16 +477,16 @@ class ClientConnection(GrpcConnection):
         self._close_locally()
         self._call.cancel()
         await self.reap()
+        await self._host.wait()
         self._call_or_none = None
-        self._reader = self._writer = None
         await self.channel_state.close()
 
 
 class ServerConnection(GrpcConnection):
     """The accepting end: one Link RPC, ended by :meth:`aclose` (OK) or :meth:`abort`.
 
-    Its reader and writer start with :meth:`run_rpc` and end with the RPC; whoever
-    accepted the connection awaits :meth:`reap` once it is closed.
+    Whoever accepted the connection runs :meth:`run_io` beside its handler and awaits
+    :meth:`reap` once the connection is closed; :meth:`run_rpc` holds the RPC open.
     """
 
     def __init__(self, context: grpc.aio.ServicerContext, max_message_size: int,
@@ -465,7 +496,6 @@ class ServerConnection(GrpcConnection):
         self.finished = anyio.Event()
         self._abort_reason: str | None = None
         self._rpc_task: asyncio.Task[Any] | None = None
-        self._start()
 
     def _read_op(self) -> Awaitable[Any]:
         return self._context.read()
@@ -504,7 +534,7 @@ class ServerConnection(GrpcConnection):
         lets go of the write.
         """
         self._closed = True
-        writing = self._writer is not None and not self._writer.done() and self._writer_wakeup is None
+        writing = self._writing
         self.abort("the gateway dropped the link")
         if writing and self._rpc_task is not None and not self._rpc_task.done():
             self._rpc_task.cancel()

@@ -177,22 +177,26 @@ class GrpcListener(Listener):
                 await self.aclose()
 
     async def _run(self, handler: ConnectionHandler, connection: ServerConnection) -> None:
+        """One link: its reader and writer beside the handler, all ended before this returns."""
         try:
-            await handler(connection)
-        except anyio.get_cancelled_exc_class():
-            connection.abort("the gateway is shutting down")
-            raise
-        except (ConnectionLostError, anyio.EndOfStream) as exc:
-            logger.debug("link from %s ended: %s", connection.peer, exc or type(exc).__name__)
-            connection.abort("the link handler ended")
-        except Exception:
-            logger.exception("link handler for %s raised", connection.peer)
-            connection.abort("the gateway's link handler failed")
-        else:
-            await connection.aclose()
+            async with anyio.create_task_group() as tg:
+                await tg.start(connection.run_io)
+                try:
+                    await handler(connection)
+                except anyio.get_cancelled_exc_class():
+                    connection.abort("the gateway is shutting down")
+                    raise
+                except (ConnectionLostError, anyio.EndOfStream) as exc:
+                    logger.debug("link from %s ended: %s", connection.peer, exc or type(exc).__name__)
+                    connection.abort("the link handler ended")
+                except Exception:
+                    logger.exception("link handler for %s raised", connection.peer)
+                    connection.abort("the gateway's link handler failed")
+                else:
+                    await connection.aclose()
+                finally:
+                    await connection.reap()  # shielded: ends run_io
         finally:
-            with anyio.CancelScope(shield=True):
-                await connection.reap()
             self._connections.discard(connection)
 
     async def _link(self, request_iterator: object, context: grpc.aio.ServicerContext) -> None:
