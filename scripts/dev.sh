@@ -18,7 +18,7 @@ setup() {
   fi
   if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     "$venv/bin/python" -m pip install --quiet --upgrade pip
-    "$venv/bin/python" -m pip install --quiet -e '.[test,lint]'
+    "$venv/bin/python" -m pip install --quiet -e '.[test,lint,bench]'
     touch "$stamp"
   fi
   # The network-namespace fault tests need iptables and iproute2; install them when we may.
