@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import math
 import os
@@ -106,6 +107,10 @@ class AsyncClient:
             health_probes=health_probes, tls=tls)
         self._tls = tls
         self._pending: dict[str, _Pending] = {}
+        # Call ids: a random prefix of this client and a count, unique without a uuid4 (a
+        # getrandom call) per call. Calls belong to the client key, so an id guessed is no use.
+        self._call_prefix = secrets.token_hex(12)
+        self._call_numbers = itertools.count(1)
         self._queries: dict[str, MemoryObjectSendStream[pb.NodeList]] = {}
         self._supervisor: ConnectionSupervisor | None = None
         self._host: HostTask | None = None
@@ -243,7 +248,8 @@ class AsyncClient:
                 f"the arguments of {function} pickle to {len(payload)} bytes, over max_message_size "
                 f"({self.max_message_size})"
             )
-        request = pb.CallRequest(call_id=uuid.uuid4().hex, function=function, payload=payload,
+        call_id = f"{self._call_prefix}{next(self._call_numbers):08x}"
+        request = pb.CallRequest(call_id=call_id, function=function, payload=payload,
                                  node_id=node_id or "", streaming=streaming)
         return _RemoteCall(self, request, limit)
 

@@ -34,6 +34,7 @@ from ._retry import RetryPolicy
 from ._serving import BaseExceptionGroup, in_main_thread, one_exception, run_blocking
 from ._supervisor import ConnectionState, ConnectionSupervisor, StateCallback
 from ._transport import DEFAULT_MAX_MESSAGE_SIZE, LinkOptions, TLSConfig, Transport
+from ._workers import WorkerPool
 
 logger = logging.getLogger("easyremote.node")
 
@@ -78,7 +79,12 @@ class NodeStatus:
 class _Execution:
     function: str
     started: float
-    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)  # its deadline is the call's timeout
+    cancelled: bool = False  # by the gateway's Cancel, a lost link or the drain, not by the timeout
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        self.scope.cancel()
 
 
 class ComputeNode:
@@ -144,6 +150,7 @@ class ComputeNode:
         self._draining = False
         self._idle: anyio.Event | None = None  # set when the last running call ends while draining
         self._busy_threads: set[str] = set()  # call ids whose sync code runs in a worker thread now
+        self._workers = WorkerPool(1, "easyremote-node")  # made anew, max_concurrency threads, by each run()
         self._last_error = ""
         self._refusal: pb.Reject | None = None  # why the gateway refused the last registration
         # Diagnostics the reconnection guide shows (kept in step with the supervisor).
@@ -263,6 +270,7 @@ class ComputeNode:
         for callback in self._state_callbacks:
             supervisor.on_state_change(callback)
         self._supervisor = supervisor
+        self._workers = WorkerPool(self.max_concurrency, f"easyremote-node-{self.node_id[:40]}")
         task_status.started()
         failure: EasyRemoteError | None = None
         try:
@@ -287,6 +295,7 @@ class ComputeNode:
         finally:
             with anyio.CancelScope(shield=True):
                 await self._transport.aclose()
+            self._workers.close()
             self._last_error = supervisor.last_error
             self._supervisor = None
             self._finished = supervisor
@@ -330,7 +339,7 @@ class ComputeNode:
                 logger.warning("Node %s: %d call(s) still running after drain_timeout (%s s); cancelling them",
                                self.node_id, len(self._active_executions), _g(self.drain_timeout))
                 for execution in list(self._active_executions.values()):
-                    execution.scope.cancel()
+                    execution.cancel()
         if link is not None:
             # The gateway closes the link once it has every answer: then nothing is in flight.
             with anyio.move_on_after(GOODBYE_TIMEOUT):
@@ -384,7 +393,7 @@ class ComputeNode:
     def _on_link_lost(self, reason: str) -> None:
         self._last_error = reason
         for call_id, execution in list(self._active_executions.items()):
-            execution.scope.cancel()
+            execution.cancel()
             logger.info("Cancelled %s (call %s): the link to the gateway was lost", execution.function, call_id)
 
     def _on_frame(self, envelope: pb.Envelope) -> None:
@@ -396,7 +405,7 @@ class ComputeNode:
         elif kind == "cancel":
             execution = self._active_executions.get(envelope.cancel.call_id)
             if execution is not None:
-                execution.scope.cancel()
+                execution.cancel()
         elif kind in ("registered", "reject"):
             if kind == "reject":
                 self._refusal = envelope.reject
@@ -441,14 +450,15 @@ class ComputeNode:
                        execution: _Execution) -> None:
         call_id = request.call_id
         timeout = entry.timeout or self.execution_timeout
+        scope = execution.scope  # cancelled by the gateway's Cancel, a lost link or the drain; ends at the timeout
+        scope.deadline = anyio.current_time() + timeout
         try:
-            with execution.scope:
-                with anyio.move_on_after(timeout) as timer:
-                    await self._run_call(link, entry, request)
-                if timer.cancelled_caught:
-                    link.send(error_frame(call_id, ErrorCode.CODE_TIMEOUT,
-                                          f"{entry.name} did not finish within {timeout:g} s and was cancelled",
-                                          node_id=self.node_id))
+            with scope:
+                await self._run_call(link, entry, request)
+            if scope.cancelled_caught and not execution.cancelled:  # the deadline
+                link.send(error_frame(call_id, ErrorCode.CODE_TIMEOUT,
+                                      f"{entry.name} did not finish within {timeout:g} s and was cancelled",
+                                      node_id=self.node_id))
         finally:
             self._active_executions.pop(call_id, None)
             self._execution_tasks.pop(call_id, None)
@@ -465,12 +475,14 @@ class ComputeNode:
         limit = self.max_message_size - ENVELOPE_OVERHEAD
         try:
             if entry.kind == "sync":
-                value = await anyio.to_thread.run_sync(
-                    functools.partial(self._in_thread, call_id, entry.func, *args, **kwargs),
-                    abandon_on_cancel=True, limiter=self._limiter)
+                value = await self._workers.run(
+                    functools.partial(self._in_thread, call_id, entry.func, *args, **kwargs))
             elif entry.kind == "async":
-                async with self._limiter:
+                await self._workers.acquire()
+                try:
                     value = await entry.func(*args, **kwargs)
+                finally:
+                    self._workers.release()
             else:
                 count = await self._stream(link, entry, call_id, args, kwargs, limit)
                 link.send(pb.Envelope(end=pb.StreamEnd(call_id=call_id, count=count)))
@@ -504,7 +516,8 @@ class ComputeNode:
             return pb.Envelope(item=pb.StreamItem(call_id=call_id, index=count, payload=payload))
 
         if entry.kind == "async-generator":
-            async with self._limiter:
+            await self._workers.acquire()
+            try:
                 agen = entry.func(*args, **kwargs)
                 try:
                     async for item in agen:
@@ -512,6 +525,8 @@ class ComputeNode:
                         count += 1
                 finally:
                     await agen.aclose()
+            finally:
+                self._workers.release()
             return count
 
         stopped = threading.Event()
@@ -529,12 +544,19 @@ class ComputeNode:
             finally:
                 generator.close()
 
+        # anyio's threads, not the pool's: the generator hands each item to the loop with from_thread.
+        await self._workers.acquire()
         try:
             await anyio.to_thread.run_sync(self._in_thread, call_id, drain, abandon_on_cancel=True,
-                                           limiter=self._limiter)
+                                           limiter=self._generator_threads)
         finally:
             stopped.set()
+            self._workers.release()
         return count
+
+    @functools.cached_property
+    def _generator_threads(self) -> anyio.CapacityLimiter:
+        return anyio.CapacityLimiter(self.max_concurrency)
 
     def _in_thread(self, call_id: str, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         self._busy_threads.add(call_id)
@@ -543,9 +565,6 @@ class ComputeNode:
         finally:
             self._busy_threads.discard(call_id)
 
-    @functools.cached_property
-    def _limiter(self) -> anyio.CapacityLimiter:
-        return anyio.CapacityLimiter(self.max_concurrency)
 
     # -- status ---------------------------------------------------------------------------
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import heapq
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -28,6 +28,7 @@ MAX_SECONDS = 30 * 86400.0
 
 #: A registration's log line names at most this many functions.
 LOGGED_NAMES = 20
+_NONE: dict[str, NodeSession] = {}  # what serves a function nobody registered
 #: Nodes per page of a node list: the default, the most a client may ask for, and a byte bound.
 PAGE_SIZE = 100
 MAX_PAGE_SIZE = 500
@@ -51,6 +52,8 @@ class Registry:
         self._spawn = spawn
         self._on_lost = on_lost
         self.nodes: dict[str, NodeSession] = {}
+        # function -> the current sessions that serve it, so routing a call looks only at those
+        self._serving: dict[str, dict[str, NodeSession]] = {}
         self._changed = anyio.Event()
 
     # -- changes --------------------------------------------------------------------------
@@ -63,6 +66,26 @@ class Registry:
         self._changed.set()
         self._changed = anyio.Event()
 
+    def serving(self, function: str) -> Collection[NodeSession]:
+        """The current sessions that registered ``function``."""
+        return self._serving.get(function, _NONE).values()
+
+    def _index(self, session: NodeSession) -> None:
+        for name in session.functions:
+            self._serving.setdefault(name, {})[session.node_id] = session
+
+    def _unindex(self, session: NodeSession) -> None:
+        for name in session.functions:
+            sessions = self._serving.get(name)
+            if sessions is not None and sessions.get(session.node_id) is session:
+                del sessions[session.node_id]
+                if not sessions:
+                    del self._serving[name]
+
+    def _remove(self, session: NodeSession) -> None:
+        del self.nodes[session.node_id]
+        self._unindex(session)
+
     def _notify(self, hook: str, **kwargs: Any) -> None:
         self._plugins().notify(hook, gateway_id=self.gateway_id, **kwargs)
 
@@ -72,6 +95,9 @@ class Registry:
         """Make ``session`` the node's current one; an earlier session of the same node is replaced."""
         old = self.nodes.get(session.node_id)
         self.nodes[session.node_id] = session
+        if old is not None:
+            self._unindex(old)
+        self._index(session)  # a session registers before or after it becomes the current one
         if old is None:
             return
         reason = "replaced by a new session of the same node"
@@ -111,7 +137,12 @@ class Registry:
 
     def register(self, session: NodeSession, register: pb.Register) -> list[str]:
         """Put a checked registration in force (it replaces the session's earlier one)."""
+        current = self.nodes.get(session.node_id) is session
+        if current:
+            self._unindex(session)
         session.functions = {spec.name: spec for spec in register.functions}
+        if current:
+            self._index(session)
         session.max_queue_size = register.max_queue_size or 1000
         session.max_concurrency = register.max_concurrency or 1
         session.registered = True
@@ -142,14 +173,14 @@ class Registry:
         current = self.nodes.get(session.node_id) is session
         if not session.registered:  # it never served anything: nothing to wait for
             if current:
-                del self.nodes[session.node_id]
+                self._remove(session)
                 self.changed()
             logger.debug("Node %s left before registering: %s", session.node_id, reason)
             self._on_lost(session, reason)
             return
         if session.leaving:
             if current:
-                del self.nodes[session.node_id]
+                self._remove(session)
                 logger.info("Node %s left (%s)", session.node_id, session.leaving)
                 self._notify("easyremote_node_lost", node_id=session.node_id, reason=f"left ({session.leaving})")
                 self.changed()
@@ -168,12 +199,13 @@ class Registry:
         if session.forget_timer.cancel_called:
             return  # the node came back
         if self.nodes.get(session.node_id) is session:
-            del self.nodes[session.node_id]
+            self._remove(session)
             logger.info("Node %s did not come back within %g s; forgotten", session.node_id, self.node_grace)
             self.changed()
 
     def clear(self) -> None:
         self.nodes.clear()
+        self._serving.clear()
 
     # -- queries --------------------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import anyio
@@ -44,28 +45,40 @@ class Router:
         self.accepting_unknown_until = 0.0  # just after a start, unknown functions wait for nodes
 
     def route(self, function: str, node_id: str = "") -> Route:
-        nodes = self.registry.nodes
-        fresh = anyio.current_time() < self.accepting_unknown_until
         if node_id:
-            node = nodes.get(node_id)
+            node = self.registry.nodes.get(node_id)
             if node is None:
-                return Wait() if fresh else Refused(ErrorCode.CODE_NO_NODE, f"node {node_id!r} is not connected")
+                if self._fresh():
+                    return Wait()
+                return Refused(ErrorCode.CODE_NO_NODE, f"node {node_id!r} is not connected")
             if function not in node.functions:
                 return Refused(ErrorCode.CODE_NO_NODE, f"node {node_id!r} does not serve {function!r}")
-            candidates = [node]
+            candidates: Collection[NodeSession] = (node,)
         else:
-            candidates = [n for n in nodes.values() if function in n.functions]
+            candidates = self.registry.serving(function)  # an index: the other nodes cost nothing
         if not candidates:
-            return Wait() if fresh else Refused(ErrorCode.CODE_NO_NODE, f"no node serves {function!r}")
-        candidates = [n for n in candidates if not n.leaving]
-        if not candidates:
-            return Refused(ErrorCode.CODE_NO_NODE, f"no node serves {function!r} (its node is stopping)")
-        ready = [n for n in candidates if n.ready]
-        if not ready:
-            return Wait()
-        open_nodes = [n for n in ready if len(n.calls) < n.max_queue_size]
+            return Wait() if self._fresh() else Refused(ErrorCode.CODE_NO_NODE, f"no node serves {function!r}")
+        open_nodes = []
+        staying = ready = False
+        for n in candidates:
+            if n.leaving:
+                continue
+            staying = True
+            if not n.ready:
+                continue
+            ready = True
+            if len(n.calls) < n.max_queue_size:
+                open_nodes.append(n)
         if not open_nodes:
+            if not staying:
+                return Refused(ErrorCode.CODE_NO_NODE, f"no node serves {function!r} (its node is stopping)")
+            if not ready:
+                return Wait()
             return Refused(ErrorCode.CODE_NODE_BUSY,
                            f"every node serving {function!r} has a full queue (max_queue_size)")
         chosen = self.policy.choose(function, open_nodes) if len(open_nodes) > 1 else open_nodes[0]
         return Routed(chosen)  # type: ignore[arg-type]
+
+    def _fresh(self) -> bool:
+        """Just after a start: a function nobody serves yet may be served by a node coming back."""
+        return anyio.current_time() < self.accepting_unknown_until

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import anyio
 import pytest
 
+from easyremote_core._gateway._registry import Registry
 from easyremote_core._gateway._router import Refused, Routed, Router, Wait
 from easyremote_core._gateway._sessions import NodeSession
 from easyremote_core._protocol import ErrorCode, pb
@@ -28,7 +29,8 @@ class Recording(RoutingPolicy):
 
 def node(node_id: str, *functions: str, ready: bool = True, leaving: str = "", lost: bool = False,
          in_flight: int = 0, queue: int = 10) -> NodeSession:
-    session = NodeSession(link=None, peer="test", node_id=node_id,  # type: ignore[arg-type]
+    session = NodeSession(link=SimpleNamespace(close=lambda reason: None), peer="test",  # type: ignore[arg-type]
+                          node_id=node_id,
                           functions={f: pb.FunctionSpec(name=f) for f in functions},
                           registered=ready, leaving=leaving, max_queue_size=queue)
     session.lost_at = 1.0 if lost else None
@@ -36,10 +38,16 @@ def node(node_id: str, *functions: str, ready: bool = True, leaving: str = "", l
     return session
 
 
+QUIET = SimpleNamespace(notify=lambda *args, **kwargs: None)  # a plugin manager with no hooks
+
+
 def router(*nodes: NodeSession, fresh: bool = False) -> tuple[Router, Recording]:
     policy = Recording()
-    registry = SimpleNamespace(nodes={n.node_id: n for n in nodes})
-    r = Router(registry, policy)  # type: ignore[arg-type]
+    registry = Registry(gateway_id="test", node_grace=1.0, max_functions=100, plugins=lambda: QUIET,  # type: ignore[arg-type,return-value]
+                        spawn=lambda *args: None, on_lost=lambda session, reason: None)
+    for session in nodes:
+        registry.connect(session)
+    r = Router(registry, policy)
     if fresh:
         r.accepting_unknown_until = anyio.current_time() + 60
     return r, policy
@@ -91,3 +99,18 @@ async def test_a_pinned_node() -> None:
     assert isinstance(wrong, Refused) and "does not serve 'g'" in wrong.message
     fresh, _ = router(fresh=True)
     assert fresh.route("f", node_id="zz") == Wait()
+
+
+async def test_only_the_nodes_that_serve_the_function_are_looked_at() -> None:
+    """Routing reads an index of function -> nodes: 1,000 nodes serving other functions cost nothing,
+    and a node that re-registers without a function, or is replaced, leaves the index."""
+    others = [node(f"other-{i}", f"g{i}") for i in range(1000)]
+    r, policy = router(*others, node("a", "f"), node("b", "f"))
+    route = r.route("f")
+    assert isinstance(route, Routed) and policy.asked == [["a", "b"]]
+    registry = r.registry
+    registry.register(registry.nodes["b"], pb.Register(functions=[pb.FunctionSpec(name="h")]))
+    assert [n.node_id for n in registry.serving("f")] == ["a"]
+    registry.connect(node("a", "h"))  # a new session of node a replaces the old one
+    assert list(registry.serving("f")) == []
+    assert sorted(n.node_id for n in registry.serving("h")) == ["a", "b"]

@@ -7,7 +7,6 @@ by a legitimate node and client that must still be served.
 from __future__ import annotations
 
 import hashlib
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -98,11 +97,11 @@ async def test_the_old_lock_out_sequence_locks_no_one_out(gateway: GatewayProces
 async def test_another_callers_call_id_is_refused_and_the_owner_gets_its_result(
         gateway: GatewayProcess, monkeypatch: pytest.MonkeyPatch) -> None:
     node = scenario_node(url(gateway), "gpu-slow", auth_token=SECRETS["gpu"])
-    stolen = uuid.uuid4()
-    # The attacker has learnt the victim's call id; both clients hold valid client secrets.
-    monkeypatch.setattr("easyremote_core._client.uuid.uuid4", lambda: stolen)
     async with node, AsyncClient(url(gateway), auth_token=SECRETS["caller"], timeout=15, **FAST) as victim, \
             AsyncClient(url(gateway), auth_token=SECRETS["caller"], timeout=15, **FAST) as thief:
+        # The attacker has learnt the victim's call ids (both clients hold valid client secrets):
+        # its first call carries the id of the victim's first call.
+        monkeypatch.setattr(thief, "_call_prefix", victim._call_prefix)
         with anyio.fail_after(30):
             await node.wait_ready()
             await thief.wait_ready()

@@ -214,6 +214,13 @@ class GrpcConnection(Connection):
             await asyncio.shield(self._drained)
 
     async def receive(self) -> bytes:
+        try:  # a frame already delivered is taken without waiting (see the tcp transport's receive)
+            return self._frames.receive_nowait()
+        except anyio.WouldBlock:
+            pass
+        except (anyio.EndOfStream, anyio.ClosedResourceError):
+            end = self._end
+            raise (end() if end is not None else ConnectionLostError("connection is closed")) from None
         try:
             return await self._frames.receive()
         except (anyio.EndOfStream, anyio.ClosedResourceError):
@@ -245,7 +252,10 @@ class GrpcConnection(Connection):
                             "the link is closed"
                         )
                 for frame in frames:
-                    await self._delivered.send(frame)  # waits while RECEIVE_BUFFER frames are not taken
+                    try:  # without a yield per frame, the link's receiver takes the whole batch at once
+                        self._delivered.send_nowait(frame)
+                    except anyio.WouldBlock:
+                        await self._delivered.send(frame)  # waits while RECEIVE_BUFFER frames are not taken
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             pass  # this end closed the link: nobody will take frames any more
         except (MessageTooLargeError, ProtocolError) as exc:
@@ -281,6 +291,8 @@ class GrpcConnection(Connection):
                         await self._writer_wakeup
                     finally:
                         self._writer_wakeup = None
+                    # Let the tasks already woken queue their frames too: they go out in one message.
+                    await asyncio.sleep(0)
                     continue
                 message = self._take_message()
                 self._writing = True

@@ -139,6 +139,17 @@ class TcpConnection(Connection):
                 raise ConnectionLostError(f"link to {self.peer} broke: {describe(exc)}") from exc
 
     async def receive(self) -> bytes:
+        """The next frame. One already read is returned without waiting: a chunk of many
+        frames is taken whole before the event loop runs anything else, so answers to them
+        go out together in one write."""
+        try:
+            frame = self._take_frame()
+        except MessageTooLargeError:
+            self._buffer.clear()
+            await self.abort()
+            raise
+        if frame is not None:
+            return frame
         async with self._receive_lock:
             while True:
                 try:
