@@ -13,6 +13,7 @@ from anyio.abc import TaskGroup
 
 from ._connection import Connection, ConnectionAttribute
 from ._errors import ConnectionLostError, EasyRemoteError, MessageTooLargeError, ProtocolError
+from ._flag import Flag
 from ._logs import Quieter, capped
 from ._probes import HealthProbe, LinkDead, LinkHealth
 from ._protocol import decode, encode, pb
@@ -46,6 +47,7 @@ class Link:
         many_peers: bool = False,
         max_buffer: float = math.inf,
         quiet: Quieter | None = None,
+        on_end: Callable[[str], None] | None = None,
     ) -> None:
         self.connection = connection
         self.health = LinkHealth(
@@ -61,7 +63,6 @@ class Link:
         self._quiet = quiet  # a gateway's: what its peers cause is logged rate-limited
         self._probes = list(probes)
         self._send_heartbeats = send_heartbeats
-        self._outbox_in, self._outbox = anyio.create_memory_object_stream[bytes](math.inf)
         self._outbox_bytes = 0  # bytes in the outbox, not yet given to the connection
         self.max_buffer = max_buffer  # past this many bytes queued towards the peer, it is cut off
         # A connection that queues frames itself (``send_nowait``) takes them straight from
@@ -71,12 +72,15 @@ class Link:
         self._send_many: Callable[[list[bytes]], Awaitable[None]] | None = connection.extra(
             ConnectionAttribute.send_many, None)
         self._buffered: Callable[[], int] = connection.extra(ConnectionAttribute.buffered_bytes, _nothing)
+        # The outbox, for a connection that does not queue frames itself.
+        self._outbox_in, self._outbox = (anyio.create_memory_object_stream[bytes](math.inf)
+                                         if self._send_nowait is None else _NO_OUTBOX)
         self._task_group: TaskGroup | None = None
         self._heartbeat_seq = 0
         self.last_received_wall = time.time()  # wall clock of the last frame, for people reading status
         self.end_reason = ""
-        self.ended = anyio.Event()
-        self.on_end: Callable[[str], None] | None = None  # called once, as soon as the link has ended
+        self.ended = Flag()
+        self.on_end = on_end  # called once, as soon as the link has ended
         self._orderly = False
 
     # -- sending -------------------------------------------------------------------------
@@ -147,11 +151,11 @@ class Link:
                 self._task_group = tg
                 if self._send_nowait is None:
                     tg.start_soon(self._sender)
-                tg.start_soon(self._receiver)
                 if self._send_heartbeats:
                     tg.start_soon(self._heartbeats)
                 for probe in self._probes:
                     tg.start_soon(self._watch, probe)
+                await self._receiver()  # in this task: a gateway with many links keeps a task less per link
         finally:
             self._outbox_in.close()
             self._outbox.close()
@@ -277,6 +281,12 @@ class Link:
 
 def _nothing() -> int:
     return 0
+
+
+# Closed and empty: the outbox of a link whose connection queues frames itself.
+_NO_OUTBOX = anyio.create_memory_object_stream[bytes](0)
+_NO_OUTBOX[0].close()
+_NO_OUTBOX[1].close()
 
 
 def _describe(exc: BaseException) -> str:

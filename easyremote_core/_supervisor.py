@@ -296,19 +296,8 @@ class ConnectionSupervisor:
     async def _serve(self, connection: Connection, welcome: pb.Welcome, deadline: float) -> str:
         """Establish the session (by ``deadline``), then serve the link until it ends; return why it ended."""
         self.welcome = welcome
-        link = Link(
-            connection,
-            on_frame=self._on_frame,
-            heartbeat_interval=self.settings.heartbeat_interval,
-            heartbeat_timeout=self.settings.heartbeat_timeout,
-            health_check_interval=self.settings.health_check_interval,
-            probes=self.probes,
-            send_heartbeats=True,
-            peer_name=f"gateway {self.address}",
-        )
         established = False
         refusal: EasyRemoteError | None = None
-        self.link = link  # frames that arrive while establishing are handled on this link
 
         def ended(reason: str) -> None:  # runs the moment the link ends, before its connection closes
             if self.link is link:
@@ -319,7 +308,18 @@ class ConnectionSupervisor:
                     self._on_link_lost(reason)
                 self._set_state(ConnectionState.RECONNECTING, reason)
 
-        link.on_end = ended
+        link = Link(
+            connection,
+            on_frame=self._on_frame,
+            heartbeat_interval=self.settings.heartbeat_interval,
+            heartbeat_timeout=self.settings.heartbeat_timeout,
+            health_check_interval=self.settings.health_check_interval,
+            probes=self.probes,
+            send_heartbeats=True,
+            peer_name=f"gateway {self.address}",
+            on_end=ended,
+        )
+        self.link = link  # frames that arrive while establishing are handled on this link
         try:
             async with anyio.create_task_group() as tg:
                 async def serve_link() -> None:

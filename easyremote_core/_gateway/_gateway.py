@@ -283,7 +283,7 @@ class Gateway(ServingLifecycle):
             await self._serve_client(connection, hello, credential)
 
     def _new_link(self, connection: Connection, hello: pb.Hello, on_frame: Callable[[pb.Envelope], None],
-                  name: str) -> Link:
+                  name: str, on_end: Callable[[str], None]) -> Link:
         timeout = max(self.heartbeat_timeout, 2 * hello.heartbeat_interval)
         return Link(
             connection,
@@ -297,6 +297,7 @@ class Gateway(ServingLifecycle):
             many_peers=True,
             max_buffer=self.max_peer_buffer,
             quiet=self._quiet,
+            on_end=on_end,
         )
 
     def _welcome(self, link: Link) -> None:
@@ -308,21 +309,19 @@ class Gateway(ServingLifecycle):
         session = NodeSession(link=None, peer=connection.peer, node_id=hello.node_id,  # type: ignore[arg-type]
                               connected_at=anyio.current_time(), credential=credential)
         session.link = self._new_link(connection, hello, lambda envelope: self._on_node_frame(session, envelope),
-                                      f"node {hello.node_id}")
+                                      f"node {hello.node_id}", lambda reason: self._nodes.ended(session, reason))
         self._nodes.connect(session)
         self._welcome(session.link)
         logger.info("Node %s connected from %s", hello.node_id, connection.peer)
-        session.link.on_end = lambda reason: self._nodes.ended(session, reason)
         await session.link.run()
 
     async def _serve_client(self, connection: Connection, hello: pb.Hello, credential: Credential) -> None:
         client = Peer(link=None, peer=connection.peer, credential=credential,  # type: ignore[arg-type]
                       key=hello.client_key or secrets.token_bytes(16))
         client.link = self._new_link(connection, hello, lambda envelope: self._on_client_frame(client, envelope),
-                                     f"client {connection.peer}")
+                                     f"client {connection.peer}", lambda reason: self._call_table.client_ended(client))
         self._welcome(client.link)
         logger.debug("Client connected from %s", connection.peer)
-        client.link.on_end = lambda reason: self._call_table.client_ended(client)
         await client.link.run()
 
     # -- frames ---------------------------------------------------------------------------

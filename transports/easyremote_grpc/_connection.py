@@ -25,6 +25,7 @@ from easyremote_core import (
     ProtocolError,
 )
 from easyremote_core._backend import HostTask
+from easyremote_core._flag import Flag
 from easyremote_core._logs import capped
 
 from ._channel import ChannelStateWatch
@@ -113,11 +114,11 @@ class GrpcConnection(Connection):
     frames for the writer, which packs the frames waiting together into one gRPC message.
     A caller may be cancelled at any await without harming the link.
 
-    The two tasks run in a task group of :meth:`run_io`, inside a shielded scope: the
-    scope of whoever runs it cannot cut a read short and so kill the RPC; only
-    :meth:`reap` ends them, once the RPC has ended (or after ``CLOSE_TIMEOUT``). The
-    dialling end runs :meth:`run_io` in a host task it owns and always waits for; the
-    accepting end in the listener's task for the link.
+    The two tasks run in a task group of whoever owns the connection (:meth:`start_io`),
+    each inside a shielded scope: the scope of its owner cannot cut a read short and so kill
+    the RPC; only :meth:`reap` ends them, once the RPC has ended (or after ``CLOSE_TIMEOUT``).
+    The dialling end runs them in a host task it owns and always waits for (:meth:`run_io`);
+    the accepting end in the listener's task for the link.
     """
 
     def __init__(self, peer: str, max_message_size: int, peer_max_message_size: int | None = None) -> None:
@@ -135,29 +136,45 @@ class GrpcConnection(Connection):
         self._closing = False  # no more sends; the writer ends once the outbox is empty
         self._closed = False  # closed by this side: sends and receives fail
         self._lost: str | None = None
-        self._io = anyio.CancelScope(shield=True)  # the reader's and the writer's
+        self._io_scopes: list[anyio.CancelScope] = []  # the reader's and the writer's
         self._io_started = False
-        self._io_ended = anyio.Event()
-        self._writer_ended = anyio.Event()
+        self._io_running = 0
+        self._reaping = False  # reap() cancels the reader and the writer
+        self._io_ended = Flag()
+        self._writer_ended = Flag()
         self._writing = False  # a gRPC write is in flight
 
-    async def run_io(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Run the reader and the writer until both end with the RPC or :meth:`reap` cancels them."""
+    def start_io(self, tg: anyio.abc.TaskGroup) -> None:
+        """Start the reader and the writer in ``tg``; they end with the RPC or when :meth:`reap` cancels them."""
         if self._io_started:
-            raise RuntimeError("run_io() runs once")
+            raise RuntimeError("start_io() runs once")
         self._io_started = True
+        self._io_running = 2
+        tg.start_soon(self._guarded, self._read_loop, name=f"easyremote-grpc-reader {self.peer}")
+        tg.start_soon(self._guarded, self._write_loop, name=f"easyremote-grpc-writer {self.peer}")
+
+    async def run_io(self) -> None:
+        """The reader and the writer in a task group of this task's own."""
+        async with anyio.create_task_group() as tg:
+            self.start_io(tg)
+
+    async def _guarded(self, operation: Callable[[], Awaitable[None]]) -> None:
+        scope = anyio.CancelScope(shield=True)
+        self._io_scopes.append(scope)
+        if self._reaping:  # reaped before it started
+            scope.cancel()
         try:
-            with self._io:
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(self._read_loop, name=f"easyremote-grpc-reader {self.peer}")
-                    tg.start_soon(self._write_loop, name=f"easyremote-grpc-writer {self.peer}")
-                    task_status.started()
+            with scope:
+                await operation()
         except Exception as exc:  # beyond the failures the reader and the writer report themselves
             logger.error("gRPC link to %s: its reader or writer failed", self.peer, exc_info=exc)
             self._fail(ConnectionLostError(f"link to {self.peer} broke: {exc!r}"))
         finally:
-            self._writer_ended.set()
-            self._io_ended.set()
+            if operation == self._write_loop:
+                self._writer_ended.set()
+            self._io_running -= 1
+            if self._io_running == 0:
+                self._io_ended.set()
 
     # -- what each end provides -------------------------------------------------
 
@@ -266,7 +283,7 @@ class GrpcConnection(Connection):
             self._fail(await self._lose(exc))
         except anyio.get_cancelled_exc_class():
             self._fail(self._cancelled())
-            if self._io.cancel_called:
+            if self._reaping:
                 raise
             # grpc.aio raises CancelledError from a read of a cancelled RPC: the link ended.
             # Raised on, it would cancel the writer and, kept in a reference cycle with
@@ -306,7 +323,7 @@ class GrpcConnection(Connection):
             self._fail(await self._lose(exc))
         except anyio.get_cancelled_exc_class():
             self._fail(self._cancelled())
-            if self._io.cancel_called:
+            if self._reaping:
                 raise
             # a write to a cancelled RPC: the link ended (see _read_loop)
         finally:
@@ -393,13 +410,15 @@ class GrpcConnection(Connection):
         """
         self._close_locally()
         if not self._io_started:
-            self._io.cancel()  # run_io, if it ever starts, ends at once
+            self._reaping = True  # start_io, if it ever runs, starts tasks that end at once
             return
         with anyio.CancelScope(shield=True):
             with anyio.move_on_after(CLOSE_TIMEOUT):
                 await self._io_ended.wait()
             if not self._io_ended.is_set():
-                self._io.cancel()
+                self._reaping = True
+                for scope in self._io_scopes:
+                    scope.cancel()
                 await self._io_ended.wait()
 
 
@@ -497,7 +516,8 @@ class ClientConnection(GrpcConnection):
 class ServerConnection(GrpcConnection):
     """The accepting end: one Link RPC, ended by :meth:`aclose` (OK) or :meth:`abort`.
 
-    Whoever accepted the connection runs :meth:`run_io` beside its handler and awaits
+    Whoever accepted the connection starts its reader and writer (:meth:`start_io`) beside
+    its handler and awaits
     :meth:`reap` once the connection is closed; :meth:`run_rpc` holds the RPC open.
     """
 
@@ -505,7 +525,7 @@ class ServerConnection(GrpcConnection):
                  peer_max_message_size: int | None = None) -> None:
         super().__init__(readable_peer(context.peer()), max_message_size, peer_max_message_size)
         self._context = context
-        self.finished = anyio.Event()
+        self.finished = Flag()
         self._abort_reason: str | None = None
         self._rpc_task: asyncio.Task[Any] | None = None
 

@@ -180,7 +180,7 @@ class GrpcListener(Listener):
         """One link: its reader and writer beside the handler, all ended before this returns."""
         try:
             async with anyio.create_task_group() as tg:
-                await tg.start(connection.run_io)
+                connection.start_io(tg)
                 try:
                     await handler(connection)
                 except anyio.get_cancelled_exc_class():
@@ -195,7 +195,7 @@ class GrpcListener(Listener):
                 else:
                     await connection.aclose()
                 finally:
-                    await connection.reap()  # shielded: ends run_io
+                    await connection.reap()  # shielded: ends the reader and the writer
         finally:
             self._connections.discard(connection)
 
