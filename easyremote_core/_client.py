@@ -34,7 +34,7 @@ from ._link import Link
 from ._node import ENVELOPE_OVERHEAD, TOKEN_ENV
 from ._plugins import PluginManager, get_plugin_manager
 from ._probes import HealthProbe
-from ._protocol import dump_arguments, error_from_frame, load_value, pb
+from ._protocol import Attachment, dump_arguments, error_from_frame, load_value, payload_of, pb, split_payload
 from ._resolve import resolve_link_plugins
 from ._retry import RetryPolicy
 from ._supervisor import ConnectionState, ConnectionSupervisor, StateCallback
@@ -64,8 +64,9 @@ class _LinkLost:
 @dataclass(eq=False)
 class _Pending:
     request: pb.CallRequest
-    answers: MemoryObjectSendStream[Any]
+    answers: MemoryObjectSendStream[Any]  # (envelope, attachment) pairs, or _LinkLost
     link: Link | None = None
+    attachment: Attachment | None = None  # the arguments, when they travel apart from the envelope
 
 
 class AsyncClient:
@@ -217,12 +218,12 @@ class AsyncClient:
                    node_id: str | None = None, timeout: float | None = None) -> Any:
         remote = self._open_call(function, args, kwargs or {}, node_id, timeout, streaming=False)
         try:
-            envelope = await remote.next_answer()
+            envelope, attachment = await remote.next_answer()
         finally:
             remote.finish("the caller was cancelled")
         kind = envelope.WhichOneof("body")
         if kind == "result":
-            return load_value(envelope.result.payload)
+            return load_value(payload_of(envelope.result, attachment))
         if kind == "error":
             raise error_from_frame(envelope.error)
         raise StreamingFunctionError(f"{function} is a generator function: iterate over "
@@ -249,9 +250,10 @@ class AsyncClient:
                 f"({self.max_message_size})"
             )
         call_id = f"{self._call_prefix}{next(self._call_numbers):08x}"
-        request = pb.CallRequest(call_id=call_id, function=function, payload=payload,
+        inline, attached = split_payload(payload)
+        request = pb.CallRequest(call_id=call_id, function=function, payload=inline,
                                  node_id=node_id or "", streaming=streaming)
-        return _RemoteCall(self, request, limit)
+        return _RemoteCall(self, request, limit, attached)
 
     async def _link(self) -> Link:
         if self._supervisor is None:
@@ -262,7 +264,7 @@ class AsyncClient:
         pending.request.attempt += 1
         pending.request.timeout = remaining
         pending.link = link
-        link.send(pb.Envelope(call=pending.request))
+        link.send(pb.Envelope(call=pending.request), pending.attachment)
 
     async def list_nodes(self, timeout: float | None = None) -> list[NodeInfo]:
         """The nodes the gateway knows, with their functions and state (every page of them)."""
@@ -298,12 +300,12 @@ class AsyncClient:
                         heartbeat_interval=self.settings.heartbeat_interval,
                         heartbeat_timeout=self.settings.heartbeat_timeout, software="easyremote")
 
-    def _on_frame(self, envelope: pb.Envelope) -> None:
+    def _on_frame(self, envelope: pb.Envelope, attachment: Attachment | None) -> None:
         kind = envelope.WhichOneof("body")
         if kind in ("result", "error", "item", "end"):
             pending = self._pending.get(getattr(envelope, kind).call_id)
             if pending is not None:
-                pending.answers.send_nowait(envelope)
+                pending.answers.send_nowait((envelope, attachment))
         elif kind == "node_list":
             query = self._queries.get(envelope.node_list.request_id)
             if query is not None:
@@ -324,9 +326,11 @@ class _RemoteCall:
     It holds no cancel scope between awaits, so a stream may be abandoned anywhere.
     """
 
-    def __init__(self, client: AsyncClient, request: pb.CallRequest, timeout: float) -> None:
+    def __init__(self, client: AsyncClient, request: pb.CallRequest, timeout: float,
+                 attachment: Attachment | None = None) -> None:
         self._client = client
         self._request = request
+        self._attachment = attachment
         self._timeout = timeout
         self._deadline: float | None = None
         self._pending: _Pending | None = None
@@ -334,12 +338,12 @@ class _RemoteCall:
         self.answered = False  # a final answer (result, error or end of stream) arrived
         self.finished = False
 
-    async def next_answer(self) -> pb.Envelope:
+    async def next_answer(self) -> tuple[pb.Envelope, Attachment | None]:
         """The next answer frame; raises ``CallTimeoutError`` or ``GatewayUnavailableError`` at the deadline."""
         if self._deadline is None:
             self._deadline = anyio.current_time() + self._timeout
             send, self._receive = anyio.create_memory_object_stream[Any](math.inf)
-            self._pending = _Pending(request=self._request, answers=send)
+            self._pending = _Pending(request=self._request, answers=send, attachment=self._attachment)
             self._client._pending[self._request.call_id] = self._pending
         with anyio.move_on_after(self._deadline - anyio.current_time()) as timer:
             answer = await self._answer()
@@ -353,7 +357,7 @@ class _RemoteCall:
         self.finish("timed out")
         raise CallTimeoutError(f"{self._request.function} did not answer within {self._timeout:g} s")
 
-    async def _answer(self) -> pb.Envelope:
+    async def _answer(self) -> tuple[pb.Envelope, Attachment | None]:
         assert self._pending is not None and self._deadline is not None
         if self._pending.link is None:
             await self._dispatch()
@@ -366,7 +370,7 @@ class _RemoteCall:
                             self._request.call_id, self._request.function, answer.reason)
                 await self._dispatch()
                 continue
-            kind = answer.WhichOneof("body")
+            kind = answer[0].WhichOneof("body")
             if kind == "item":
                 self._items += 1
             else:
@@ -408,20 +412,20 @@ class RemoteStream:
         if self._ended:
             raise StopAsyncIteration
         try:
-            envelope = await self._call.next_answer()
+            envelope, attachment = await self._call.next_answer()
         except BaseException:
             self._ended = True
             self._call.finish("the caller stopped reading")
             raise
         kind = envelope.WhichOneof("body")
         if kind == "item":
-            return load_value(envelope.item.payload)
+            return load_value(payload_of(envelope.item, attachment))
         self._ended = True
         self._call.finish()
         if kind == "end":
             raise StopAsyncIteration
         if kind == "result":  # the function was not a generator after all
-            return load_value(envelope.result.payload)
+            return load_value(payload_of(envelope.result, attachment))
         raise error_from_frame(envelope.error)
 
     async def aclose(self) -> None:

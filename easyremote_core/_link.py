@@ -16,11 +16,12 @@ from ._errors import ConnectionLostError, EasyRemoteError, MessageTooLargeError,
 from ._flag import Flag
 from ._logs import Quieter, capped
 from ._probes import HealthProbe, LinkDead, LinkHealth
-from ._protocol import decode, encode, pb
+from ._protocol import Attachment, decode_frame, encode, pb
 
 logger = capped(logging.getLogger("easyremote.link"))
 
-FrameHandler = Callable[[pb.Envelope], None]
+#: Called with each frame's envelope and its attachment (``None`` when its payload, if any, is inline).
+FrameHandler = Callable[[pb.Envelope, Attachment | None], None]
 #: How long ``Link.close`` lets queued frames drain before it ends the link anyway.
 CLOSE_FLUSH_TIMEOUT = 2.0
 
@@ -85,13 +86,16 @@ class Link:
 
     # -- sending -------------------------------------------------------------------------
 
-    def send(self, envelope: pb.Envelope) -> None:
-        """Queue one envelope; it is sent in order. Never blocks.
+    def send(self, envelope: pb.Envelope, attachment: Attachment | None = None) -> None:
+        """Queue one envelope (with the payload ``attachment`` after it); it is sent in order. Never blocks.
 
         A peer that lets more than ``max_buffer`` bytes pile up towards it (it stopped
         reading) is cut off: its link ends and what was queued for it is dropped.
         """
-        frame = encode(envelope)
+        self.send_frame(encode(envelope, attachment))
+
+    def send_frame(self, frame: bytes) -> None:
+        """Queue one frame already encoded (one received, forwarded as it came); as :meth:`send`."""
         if self._send_nowait is not None:
             try:
                 self._send_nowait(frame)
@@ -237,13 +241,13 @@ class Link:
                 frame = await self.connection.receive()
                 health.last_received = anyio.current_time()
                 self.last_received_wall = time.time()
-                envelope = decode(frame)
+                envelope, attachment = decode_frame(frame)
                 if envelope.WhichOneof("body") == "heartbeat":
                     if not envelope.heartbeat.reply:
                         self.send(pb.Envelope(heartbeat=pb.Heartbeat(seq=envelope.heartbeat.seq, reply=True)))
                     continue
                 try:
-                    self._on_frame(envelope)
+                    self._on_frame(envelope, attachment)
                 except EasyRemoteError:
                     raise
                 except Exception:  # a bug in a frame handler must not take the link down

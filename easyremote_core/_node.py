@@ -28,7 +28,17 @@ from ._link import Link
 from ._logs import console_logging
 from ._plugins import PluginManager, get_plugin_manager
 from ._probes import HealthProbe
-from ._protocol import ErrorCode, dump_value, error_frame, exception_frame, load_arguments, pb
+from ._protocol import (
+    Attachment,
+    ErrorCode,
+    dump_value,
+    error_frame,
+    exception_frame,
+    load_arguments,
+    payload_of,
+    pb,
+    split_payload,
+)
 from ._resolve import resolve_link_plugins
 from ._retry import RetryPolicy
 from ._serving import BaseExceptionGroup, in_main_thread, one_exception, run_blocking
@@ -396,12 +406,12 @@ class ComputeNode:
             execution.cancel()
             logger.info("Cancelled %s (call %s): the link to the gateway was lost", execution.function, call_id)
 
-    def _on_frame(self, envelope: pb.Envelope) -> None:
+    def _on_frame(self, envelope: pb.Envelope, attachment: Attachment | None) -> None:
         kind = envelope.WhichOneof("body")
         link = self._current_link()
         if kind == "call":
             if link is not None:
-                self._accept(link, envelope.call)
+                self._accept(link, envelope.call, attachment)
         elif kind == "cancel":
             execution = self._active_executions.get(envelope.cancel.call_id)
             if execution is not None:
@@ -420,7 +430,7 @@ class ComputeNode:
     def _current_link(self) -> Link | None:
         return self._supervisor.link if self._supervisor is not None else None
 
-    def _accept(self, link: Link, request: pb.CallRequest) -> None:
+    def _accept(self, link: Link, request: pb.CallRequest, attachment: Attachment | None = None) -> None:
         entry = self._functions.get(request.function)
         if entry is None:
             link.send(error_frame(request.call_id, ErrorCode.CODE_NO_NODE,
@@ -444,9 +454,9 @@ class ComputeNode:
         execution = _Execution(function=entry.name, started=time.time())
         self._active_executions[request.call_id] = execution
         self._execution_tasks[request.call_id] = execution.scope
-        link.start_soon(self._execute, link, entry, request, execution)
+        link.start_soon(self._execute, link, entry, request, payload_of(request, attachment), execution)
 
-    async def _execute(self, link: Link, entry: RegisteredFunction, request: pb.CallRequest,
+    async def _execute(self, link: Link, entry: RegisteredFunction, request: pb.CallRequest, payload: Attachment,
                        execution: _Execution) -> None:
         call_id = request.call_id
         timeout = entry.timeout or self.execution_timeout
@@ -454,7 +464,7 @@ class ComputeNode:
         scope.deadline = anyio.current_time() + timeout
         try:
             with scope:
-                await self._run_call(link, entry, request)
+                await self._run_call(link, entry, request, payload)
             if scope.cancelled_caught and not execution.cancelled:  # the deadline
                 link.send(error_frame(call_id, ErrorCode.CODE_TIMEOUT,
                                       f"{entry.name} did not finish within {timeout:g} s and was cancelled",
@@ -465,10 +475,11 @@ class ComputeNode:
             if self._idle is not None and not self._active_executions:
                 self._idle.set()
 
-    async def _run_call(self, link: Link, entry: RegisteredFunction, request: pb.CallRequest) -> None:
+    async def _run_call(self, link: Link, entry: RegisteredFunction, request: pb.CallRequest,
+                        arguments: Attachment) -> None:
         call_id = request.call_id
         try:
-            args, kwargs = load_arguments(request.payload)
+            args, kwargs = load_arguments(arguments)
         except Exception as exc:
             link.send(exception_frame(call_id, exc, code=ErrorCode.CODE_BAD_ARGUMENTS, node_id=self.node_id))
             return
@@ -503,17 +514,19 @@ class ComputeNode:
                                   f"the result of {entry.name} is {len(payload)} bytes, over max_message_size "
                                   f"({self.max_message_size})", node_id=self.node_id))
             return
-        link.send(pb.Envelope(result=pb.Result(call_id=call_id, payload=payload)))
+        inline, attached = split_payload(payload)
+        link.send(pb.Envelope(result=pb.Result(call_id=call_id, payload=inline)), attached)
 
     async def _stream(self, link: Link, entry: RegisteredFunction, call_id: str, args: tuple[Any, ...],
                       kwargs: dict[str, Any], limit: int) -> int:
         count = 0
 
-        def item_frame(item: Any) -> pb.Envelope:
+        def item_frame(item: Any) -> tuple[pb.Envelope, Attachment | None]:
             payload = dump_value(item)
             if len(payload) > limit:
                 raise _TooLarge(f"item {count} of {entry.name} is {len(payload)} bytes, over max_message_size")
-            return pb.Envelope(item=pb.StreamItem(call_id=call_id, index=count, payload=payload))
+            inline, attached = split_payload(payload)
+            return pb.Envelope(item=pb.StreamItem(call_id=call_id, index=count, payload=inline)), attached
 
         if entry.kind == "async-generator":
             await self._workers.acquire()
@@ -521,7 +534,7 @@ class ComputeNode:
                 agen = entry.func(*args, **kwargs)
                 try:
                     async for item in agen:
-                        link.send(item_frame(item))
+                        link.send(*item_frame(item))
                         count += 1
                 finally:
                     await agen.aclose()
@@ -538,8 +551,8 @@ class ComputeNode:
                 for item in generator:
                     if stopped.is_set():
                         return
-                    frame = item_frame(item)
-                    anyio.from_thread.run_sync(link.send, frame)
+                    envelope, attached = item_frame(item)
+                    anyio.from_thread.run_sync(link.send, envelope, attached)
                     count += 1
             finally:
                 generator.close()

@@ -6,6 +6,7 @@ import asyncio
 import concurrent.futures
 import os
 import pickle
+import struct
 import threading
 import traceback
 from typing import Any
@@ -23,25 +24,86 @@ ErrorCode = pb.Error.Code
 __all__ = ["PROTOCOL_VERSION", "Envelope", "decode", "encode", "pb"]
 
 
-def encode(envelope: pb.Envelope) -> bytes:
+#: A payload (pickled arguments, result or stream item) carried after its envelope instead
+#: of inside it, so that the gateway routes a call by its small envelope and forwards the
+#: payload's bytes untouched, and nobody copies them to build or parse an envelope.
+Attachment = bytes | memoryview
+#: Payloads from this size on travel as attachments; smaller ones stay inside the envelope.
+ATTACH_FROM = 64 * 1024
+#: A frame with an attachment: this byte (never the first of a serialized envelope: it would
+#: be field 0), the envelope's length (4 bytes, big-endian), the envelope, the attachment.
+_ATTACHED = 0x02
+_HEAD = struct.Struct(">BI")
+#: The envelope bodies whose payload may be attached.
+ATTACHABLE = frozenset({"call", "result", "item"})
+
+
+def encode(envelope: pb.Envelope, attachment: Attachment | None = None) -> bytes:
+    """One frame: the envelope, and after it the attachment if there is one."""
     envelope.protocol_version = PROTOCOL_VERSION
-    return envelope.SerializeToString()
+    head = envelope.SerializeToString()
+    if attachment is None:
+        return head
+    return b"".join((_HEAD.pack(_ATTACHED, len(head)), head, attachment))
 
 
 def decode(frame: bytes) -> pb.Envelope:
-    """Parse one frame; a malformed frame or another protocol version is a ``ProtocolError``."""
+    """Parse a frame that carries no attachment (see :func:`decode_frame`)."""
+    envelope, attachment = decode_frame(frame)
+    if attachment is not None:
+        raise errors.ProtocolError("unexpected attachment")
+    return envelope
+
+
+def decode_frame(frame: bytes) -> tuple[pb.Envelope, memoryview | None]:
+    """Parse one frame into its envelope and its attachment (a view of ``frame``, not a copy);
+    a malformed frame or another protocol version is a ``ProtocolError``."""
+    attachment = None
+    head: bytes | memoryview = frame
+    if frame[:1] == b"\x02":
+        if len(frame) < _HEAD.size:
+            raise errors.ProtocolError(f"malformed frame ({len(frame)} bytes): it ends inside its header")
+        _, size = _HEAD.unpack_from(frame)
+        end = _HEAD.size + size
+        if end > len(frame):
+            raise errors.ProtocolError(f"malformed frame ({len(frame)} bytes): its envelope ({size} bytes) "
+                                       "runs past its end")
+        view = memoryview(frame)
+        head, attachment = view[_HEAD.size:end], view[end:]
     envelope = pb.Envelope()
     try:
-        envelope.ParseFromString(frame)
+        envelope.ParseFromString(head)  # type: ignore[arg-type]  # upb parses any buffer
     except DecodeError as exc:
         raise errors.ProtocolError(f"malformed frame ({len(frame)} bytes): {exc}") from None
     if envelope.protocol_version != PROTOCOL_VERSION:
         raise errors.ProtocolError(
             f"peer speaks protocol version {envelope.protocol_version}, this side speaks {PROTOCOL_VERSION}"
         )
-    if envelope.WhichOneof("body") is None:
+    kind = envelope.WhichOneof("body")
+    if kind is None:
         raise errors.ProtocolError("frame carries no message")
-    return envelope
+    if attachment is not None and (kind not in ATTACHABLE or getattr(envelope, kind).payload):
+        raise errors.ProtocolError(f"a {kind} frame cannot carry an attachment"
+                                   + (" beside a payload of its own" if kind in ATTACHABLE else ""))
+    return envelope, attachment
+
+
+def whole_frame(attachment: Attachment) -> bytes | None:
+    """The frame an attachment from :func:`decode_frame` came in, to forward it as it came."""
+    frame = attachment.obj if isinstance(attachment, memoryview) else None
+    return frame if isinstance(frame, bytes) else None
+
+
+def split_payload(payload: bytes) -> tuple[bytes, Attachment | None]:
+    """(what goes in the envelope, what is attached): a large payload travels attached."""
+    if len(payload) >= ATTACH_FROM:
+        return b"", payload
+    return payload, None
+
+
+def payload_of(body: pb.CallRequest | pb.Result | pb.StreamItem, attachment: Attachment | None) -> Attachment:
+    """A call's, result's or item's payload, wherever it travelled."""
+    return attachment if attachment is not None else body.payload
 
 
 # --- payloads: the client and node pickle, the gateway never opens them -------------------
@@ -54,7 +116,7 @@ def dump_arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
         raise TypeError(f"arguments cannot be pickled: {type(exc).__name__}: {exc}") from exc
 
 
-def load_arguments(payload: bytes) -> tuple[tuple[Any, ...], dict[str, Any]]:
+def load_arguments(payload: Attachment) -> tuple[tuple[Any, ...], dict[str, Any]]:
     value = pickle.loads(payload)
     if not (isinstance(value, tuple) and len(value) == 2
             and isinstance(value[0], tuple) and isinstance(value[1], dict)):
@@ -66,7 +128,7 @@ def dump_value(value: Any) -> bytes:
     return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def load_value(payload: bytes) -> Any:
+def load_value(payload: Attachment) -> Any:
     return pickle.loads(payload)
 
 

@@ -10,7 +10,7 @@ from collections.abc import Callable
 import anyio
 
 from .._logs import Quieter
-from .._protocol import ErrorCode, code_name, error_frame, pb
+from .._protocol import Attachment, ErrorCode, code_name, error_frame, pb, whole_frame
 from ._registry import Registry
 from ._router import Refused, Routed, Router
 from ._sessions import Call, NodeSession, Peer
@@ -47,7 +47,7 @@ class CallTable:
 
     # -- from clients ---------------------------------------------------------------------
 
-    def accept(self, client: Peer, request: pb.CallRequest) -> None:
+    def accept(self, client: Peer, request: pb.CallRequest, attachment: Attachment | None = None) -> None:
         if not client.credential.covers(request.function):
             client.link.send(error_frame(request.call_id, ErrorCode.CODE_FORBIDDEN,
                                          f"credential {client.credential.name!r} may not call "
@@ -67,12 +67,12 @@ class CallTable:
             self._count(existing, -1)
             existing.caller = client
             self._count(existing, +1)
-            for envelope in held:
-                client.link.send(envelope)
+            for envelope, answer in held:
+                client.link.send(envelope, answer)
                 if envelope.WhichOneof("body") in TERMINAL:
                     self.forget(existing)
             return
-        size = len(request.payload)
+        size = len(request.payload) + (len(attachment) if attachment is not None else 0)
         if len(client.calls) >= MAX_CALLS_PER_CLIENT or client.call_bytes + size > self.max_held_bytes:
             client.link.send(error_frame(request.call_id, ErrorCode.CODE_NODE_BUSY, (
                 f"the gateway keeps at most {MAX_CALLS_PER_CLIENT} calls and {self.max_held_bytes} bytes "
@@ -83,7 +83,7 @@ class CallTable:
         # link (or with a gateway restart); dispatch decides, once a node says whether the
         # function is idempotent, whether it may run again.
         call = Call(request=request, client=client, started=anyio.current_time(), asked_again=request.attempt > 1,
-                    owner=(client.key, client.credential), caller=client)
+                    owner=(client.key, client.credential), caller=client, attachment=attachment, size=size)
         self.calls[request.call_id] = call
         client.calls[request.call_id] = call
         self._count(call, +1)
@@ -140,7 +140,7 @@ class CallTable:
         call.deliveries += 1
         node.calls[request.call_id] = call
         request.attempt = call.deliveries
-        node.link.send(pb.Envelope(call=request))
+        node.link.send(pb.Envelope(call=request), call.attachment)  # the payload's bytes, untouched
         self._notify("easyremote_call_started", call_id=request.call_id, function=request.function,
                      node_id=node.node_id)
 
@@ -162,8 +162,8 @@ class CallTable:
 
     # -- from nodes -----------------------------------------------------------------------
 
-    def answer(self, node: NodeSession, envelope: pb.Envelope) -> None:
-        """A result, error, stream item or end from ``node``."""
+    def answer(self, node: NodeSession, envelope: pb.Envelope, attachment: Attachment | None = None) -> None:
+        """A result, error, stream item or end from ``node`` (its payload attached or not)."""
         kind = envelope.WhichOneof("body")
         call = node.calls.get(getattr(envelope, kind).call_id)
         if call is None:
@@ -175,9 +175,9 @@ class CallTable:
             self.dispatch(call)
             self.registry.leave_when_idle(node)
         elif kind in TERMINAL:
-            self.finish(call, envelope)
+            self.finish(call, envelope, attachment)
         else:
-            self._deliver(call, envelope)
+            self._deliver(call, envelope, attachment)
 
     def node_lost(self, node: NodeSession, reason: str) -> None:
         """Re-route the idempotent calls of a session that ended; fail the others with NodeLost."""
@@ -196,16 +196,20 @@ class CallTable:
 
     # -- answers --------------------------------------------------------------------------
 
-    def _deliver(self, call: Call, envelope: pb.Envelope) -> None:
+    def _deliver(self, call: Call, envelope: pb.Envelope, attachment: Attachment | None = None) -> None:
         if call.client is not None:
-            call.client.link.send(envelope)
+            frame = whole_frame(attachment) if attachment is not None else None
+            if frame is not None:  # a node's answer goes on to its caller unchanged: forward the frame
+                call.client.link.send_frame(frame)
+            else:
+                call.client.link.send(envelope, attachment)
             return
         caller = call.caller
-        size = envelope.ByteSize()
+        size = envelope.ByteSize() + (len(attachment) if attachment is not None else 0)
         if caller is not None and caller.held_bytes + size > self.max_held_bytes:
             self._drop_held(caller)
             return
-        call.held.append(envelope)
+        call.held.append((envelope, attachment))
         call.held_bytes += size
         if caller is not None:
             caller.held_bytes += size
@@ -213,9 +217,9 @@ class CallTable:
     @staticmethod
     def _count(call: Call, sign: int) -> None:
         if call.caller is not None:
-            call.caller.call_bytes += sign * len(call.request.payload)
+            call.caller.call_bytes += sign * call.size
 
-    def _release_held(self, call: Call) -> list[pb.Envelope]:
+    def _release_held(self, call: Call) -> list[tuple[pb.Envelope, Attachment | None]]:
         held, call.held = call.held, []
         if call.caller is not None:
             call.caller.held_bytes -= call.held_bytes
@@ -236,13 +240,14 @@ class CallTable:
                 call.node.calls.pop(call.request.call_id, None)
                 self.registry.leave_when_idle(call.node)
                 call.node = None
-            call.held.append(error_frame(
+            call.held.append((error_frame(
                 call.request.call_id, ErrorCode.CODE_CANCELLED,
                 f"the answers of call {call.request.call_id} of {call.request.function!r} were dropped: "
-                f"more than max_peer_buffer ({self.max_held_bytes} bytes) waited for the caller while it was away"))
+                f"more than max_peer_buffer ({self.max_held_bytes} bytes) waited for the caller while it was away"),
+                None))
 
-    def finish(self, call: Call, envelope: pb.Envelope) -> None:
-        self._deliver(call, envelope)
+    def finish(self, call: Call, envelope: pb.Envelope, attachment: Attachment | None = None) -> None:
+        self._deliver(call, envelope, attachment)
         outcome = "ok" if envelope.WhichOneof("body") != "error" else code_name(envelope.error.code)
         node_id = call.node.node_id if call.node is not None else envelope.error.node_id
         self._notify("easyremote_call_finished", call_id=call.request.call_id, function=call.request.function,

@@ -18,10 +18,10 @@ from .._address import parse_address
 from .._config import number, whole
 from .._errors import ConfigurationError, EasyRemoteError, ProtocolError
 from .._heartbeat import HeartbeatProbe
-from .._link import Link
+from .._link import FrameHandler, Link
 from .._logs import Quieter, capped
 from .._plugins import PluginManager, get_plugin_manager
-from .._protocol import PROTOCOL_VERSION, pb
+from .._protocol import PROTOCOL_VERSION, Attachment, pb
 from .._resolve import resolve_transport, transport_name
 from .._routing import RoutingPolicy
 from .._transport import DEFAULT_MAX_MESSAGE_SIZE, Connection, LinkOptions, Listener, TLSConfig, Transport
@@ -282,7 +282,7 @@ class Gateway(ServingLifecycle):
         else:
             await self._serve_client(connection, hello, credential)
 
-    def _new_link(self, connection: Connection, hello: pb.Hello, on_frame: Callable[[pb.Envelope], None],
+    def _new_link(self, connection: Connection, hello: pb.Hello, on_frame: FrameHandler,
                   name: str, on_end: Callable[[str], None]) -> Link:
         timeout = max(self.heartbeat_timeout, 2 * hello.heartbeat_interval)
         return Link(
@@ -308,8 +308,9 @@ class Gateway(ServingLifecycle):
     async def _serve_node(self, connection: Connection, hello: pb.Hello, credential: Credential) -> None:
         session = NodeSession(link=None, peer=connection.peer, node_id=hello.node_id,  # type: ignore[arg-type]
                               connected_at=anyio.current_time(), credential=credential)
-        session.link = self._new_link(connection, hello, lambda envelope: self._on_node_frame(session, envelope),
-                                      f"node {hello.node_id}", lambda reason: self._nodes.ended(session, reason))
+        session.link = self._new_link(
+            connection, hello, lambda envelope, attachment: self._on_node_frame(session, envelope, attachment),
+            f"node {hello.node_id}", lambda reason: self._nodes.ended(session, reason))
         self._nodes.connect(session)
         self._welcome(session.link)
         logger.info("Node %s connected from %s", hello.node_id, connection.peer)
@@ -318,15 +319,16 @@ class Gateway(ServingLifecycle):
     async def _serve_client(self, connection: Connection, hello: pb.Hello, credential: Credential) -> None:
         client = Peer(link=None, peer=connection.peer, credential=credential,  # type: ignore[arg-type]
                       key=hello.client_key or secrets.token_bytes(16))
-        client.link = self._new_link(connection, hello, lambda envelope: self._on_client_frame(client, envelope),
-                                     f"client {connection.peer}", lambda reason: self._call_table.client_ended(client))
+        client.link = self._new_link(
+            connection, hello, lambda envelope, attachment: self._on_client_frame(client, envelope, attachment),
+            f"client {connection.peer}", lambda reason: self._call_table.client_ended(client))
         self._welcome(client.link)
         logger.debug("Client connected from %s", connection.peer)
         await client.link.run()
 
     # -- frames ---------------------------------------------------------------------------
 
-    def _on_node_frame(self, session: NodeSession, envelope: pb.Envelope) -> None:
+    def _on_node_frame(self, session: NodeSession, envelope: pb.Envelope, attachment: Attachment | None) -> None:
         kind = envelope.WhichOneof("body")
         if kind == "register":
             refusal = self._nodes.check(envelope.register, session.credential)
@@ -341,14 +343,14 @@ class Gateway(ServingLifecycle):
         elif kind == "goodbye":
             self._nodes.goodbye(session, envelope.goodbye.reason)
         elif kind in ("result", "error", "item", "end"):
-            self._call_table.answer(session, envelope)
+            self._call_table.answer(session, envelope, attachment)
         else:
             logger.debug("Ignoring a %s frame from node %s", kind, session.node_id)
 
-    def _on_client_frame(self, client: Peer, envelope: pb.Envelope) -> None:
+    def _on_client_frame(self, client: Peer, envelope: pb.Envelope, attachment: Attachment | None) -> None:
         kind = envelope.WhichOneof("body")
         if kind == "call":
-            self._call_table.accept(client, envelope.call)
+            self._call_table.accept(client, envelope.call, attachment)
         elif kind == "cancel":
             self._call_table.cancel(client, envelope.cancel)
         elif kind == "list_nodes":

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import anyio
 
 from .._link import Link
-from .._protocol import pb
+from .._protocol import Attachment, pb
 from ._identities import ANYONE, Credential
 
 
@@ -67,7 +67,9 @@ class Call:
     asked_again: bool = False
     deliveries: int = 0
     started: float = 0.0
-    held: list[pb.Envelope] = field(default_factory=list)  # answers held while the client is away
-    held_bytes: int = 0  # their size
+    attachment: Attachment | None = None  # the call's payload, when it travels apart from its envelope
+    size: int = 0  # bytes of arguments: the payload inline or attached
+    held: list[tuple[pb.Envelope, Attachment | None]] = field(default_factory=list)  # answers held while the
+    held_bytes: int = 0  # their size                                                 client is away
     caller: Peer | None = None  # the client session that asked last, present or not
     owner: tuple[bytes, Credential] = (b"", ANYONE)  # the caller's key and credential

@@ -47,7 +47,7 @@ async def pair() -> AsyncIterator[tuple[Connection, Connection]]:
 
 
 def make_link(connection: Connection, **options: object) -> Link:
-    settings: dict[str, object] = dict(on_frame=lambda envelope: None,
+    settings: dict[str, object] = dict(on_frame=lambda envelope, attachment: None,
                                        heartbeat_interval=5.0, heartbeat_timeout=15.0, health_check_interval=15.0,
                                        probes=[], send_heartbeats=False, peer_name="peer")
     settings.update(options)
@@ -58,7 +58,7 @@ async def test_heartbeats_are_answered_and_other_frames_handed_on() -> None:
     frames: list[pb.Envelope] = []
     handed_on = anyio.Event()
 
-    def on_frame(envelope: pb.Envelope) -> None:
+    def on_frame(envelope: pb.Envelope, attachment: object) -> None:
         frames.append(envelope)
         handed_on.set()
 
@@ -93,7 +93,7 @@ async def test_close_writes_what_is_queued_then_ends_in_order() -> None:
 async def test_a_handler_that_raises_is_logged_and_the_link_goes_on(caplog: pytest.LogCaptureFixture) -> None:
     calls = 0
 
-    def handler(envelope: pb.Envelope) -> None:
+    def handler(envelope: pb.Envelope, attachment: object) -> None:
         nonlocal calls
         calls += 1
         if calls == 1:

@@ -12,7 +12,16 @@ import pytest
 from easyremote import ComputeNode, Gateway
 from easyremote.errors import ProtocolError
 from easyremote_core import LinkOptions, get_plugin_manager, parse_address
-from easyremote_core._protocol import PROTOCOL_VERSION, decode, encode, pb
+from easyremote_core._protocol import (
+    ATTACH_FROM,
+    PROTOCOL_VERSION,
+    decode,
+    decode_frame,
+    encode,
+    pb,
+    split_payload,
+    whole_frame,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -29,6 +38,35 @@ def test_frames_round_trip_and_carry_the_version() -> None:
     envelope = decode(frame)
     assert envelope.protocol_version == PROTOCOL_VERSION
     assert envelope.call.function == "add" and envelope.call.payload == b"\x00" * 10
+
+
+def test_a_large_payload_travels_attached_and_is_read_without_a_copy() -> None:
+    payload = bytes(range(256)) * (ATTACH_FROM // 256)
+    inline, attached = split_payload(payload)
+    assert inline == b"" and attached is payload
+    assert split_payload(b"small") == (b"small", None)
+    frame = encode(pb.Envelope(result=pb.Result(call_id="c1")), attached)
+    envelope, attachment = decode_frame(frame)
+    assert envelope.result.call_id == "c1" and envelope.result.payload == b""
+    assert isinstance(attachment, memoryview) and attachment.obj is frame  # a view of the frame
+    assert attachment == payload
+    assert whole_frame(attachment) is frame  # a gateway forwards the frame as it came
+
+
+@pytest.mark.parametrize("frame", [
+    b"\x02\x00\x00",  # ends inside its header
+    b"\x02\x00\x00\x10\x00" + b"x" * 10,  # its envelope runs past its end
+    encode(pb.Envelope(heartbeat=pb.Heartbeat(seq=1)), b"payload"),  # only calls, results and items
+    encode(pb.Envelope(call=pb.CallRequest(call_id="c", payload=b"inline")), b"and attached"),
+])
+def test_malformed_attachments_are_protocol_errors(frame: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        decode_frame(frame)
+
+
+def test_a_frame_with_an_attachment_is_refused_where_none_may_come() -> None:
+    with pytest.raises(ProtocolError, match="unexpected attachment"):
+        decode(encode(pb.Envelope(call=pb.CallRequest(call_id="c")), b"x"))
 
 
 @pytest.mark.parametrize("frame", [b"\xff\xff\xff", b"",

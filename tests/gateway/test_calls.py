@@ -65,7 +65,7 @@ async def test_answers_held_for_an_absent_caller_are_bounded_and_the_caller_is_t
             while not gw._calls.calls["held-1"].held or gw._calls.calls["held-1"].node is not None:  # noqa: ASYNC110 - nothing signals it
                 await anyio.sleep(0.05)
         call = gw._calls.calls["held-1"]
-        assert sum(envelope.ByteSize() for envelope in call.held) < 2 * MiB
+        assert sum(envelope.ByteSize() + len(attached or b"") for envelope, attached in call.held) < 2 * MiB
         async with raw_client(gw, key) as connection:  # the caller comes back and asks again
             request.attempt = 2
             await connection.send(encode(pb.Envelope(call=request)))
@@ -91,7 +91,7 @@ async def test_answers_within_the_bound_wait_for_the_caller() -> None:
             await connection.send(encode(pb.Envelope(call=request)))
             await accepted(gw, request.call_id)
         with anyio.fail_after(20):
-            while not any(e.WhichOneof("body") == "end" for e in gw._calls.calls["held-2"].held):  # noqa: ASYNC110 - nothing signals it
+            while not any(e.WhichOneof("body") == "end" for e, _ in gw._calls.calls["held-2"].held):  # noqa: ASYNC110 - nothing signals it
                 await anyio.sleep(0.05)
         async with raw_client(gw, key) as connection:
             request.attempt = 2

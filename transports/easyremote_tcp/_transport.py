@@ -47,6 +47,8 @@ GREETING = b"easyremote-tcp/1"
 _HEADER = struct.Struct(">I")
 _READ_CHUNK = 256 * 1024  # bytes asked from the socket per read
 _COALESCE_LIMIT = 64 * 1024  # frames up to this size go out in one write with their header
+_SEND_SLICE = 256 * 1024  # a larger write goes out in slices of this size
+_LARGE = 1024 * 1024  # frames from this size on are gathered in a buffer of their own
 _CLOSE_LINGER = 1.0  # seconds an orderly close waits for the peer's own close
 
 
@@ -102,6 +104,8 @@ class TcpConnection(Connection):
         self._raw = raw
         self._max = max_message_size
         self._buffer = bytearray()
+        self._large: bytearray | None = None  # a large frame being gathered (see _take_frame)
+        self._large_filled = 0
         self._send_lock = anyio.Lock()
         self._receive_lock = anyio.Lock()
         self._closed = False  # no more sends or receives
@@ -128,7 +132,14 @@ class TcpConnection(Connection):
             await anyio.lowlevel.checkpoint_if_cancelled()
             try:
                 for data in writes:
-                    await self._stream.send(data)
+                    if len(data) <= _SEND_SLICE:
+                        await self._stream.send(data)
+                        continue
+                    # A large frame goes out slice by slice, each once the last has drained: the
+                    # event loop's write buffer then never holds (and moves about) megabytes.
+                    with memoryview(data) as view:
+                        for start in range(0, len(data), _SEND_SLICE):
+                            await self._stream.send(view[start : start + _SEND_SLICE])  # type: ignore[arg-type]
             except anyio.get_cancelled_exc_class():
                 # Part of the frame may be on the wire already; the peer could never
                 # find the next frame boundary, so the link cannot be used again.
@@ -163,7 +174,7 @@ class TcpConnection(Connection):
                 try:
                     chunk = await self._stream.receive(_READ_CHUNK)
                 except anyio.EndOfStream:
-                    if self._buffer:
+                    if self._buffer or self._large is not None:
                         raise ConnectionLostError(
                             f"{self.peer} closed the link in the middle of a frame"
                         ) from None
@@ -172,10 +183,20 @@ class TcpConnection(Connection):
                     raise ConnectionLostError(f"link to {self.peer} is closed") from None
                 except (anyio.BrokenResourceError, OSError) as exc:
                     raise ConnectionLostError(f"link to {self.peer} broke: {describe(exc)}") from exc
-                self._buffer += chunk
+                self._add(chunk)
 
     def _take_frame(self) -> bytes | None:
-        """The next whole frame from the buffer, if it is all there; nothing is consumed otherwise."""
+        """The next whole frame from the buffer, if it is all there; nothing is consumed otherwise.
+
+        A frame larger than ``_LARGE`` is gathered apart, in a buffer of its own size, so that
+        its bytes are copied once on the way in instead of each time the buffer grows.
+        """
+        large = self._large
+        if large is not None:
+            if self._large_filled < len(large):
+                return None
+            self._large = None
+            return bytes(large)
         if len(self._buffer) < _HEADER.size:
             return None
         (size,) = _HEADER.unpack_from(self._buffer)
@@ -186,11 +207,30 @@ class TcpConnection(Connection):
             )
         end = _HEADER.size + size
         if len(self._buffer) < end:
+            if size >= _LARGE:
+                self._large = bytearray(size)
+                self._large_filled = len(self._buffer) - _HEADER.size
+                with memoryview(self._buffer) as view:
+                    self._large[: self._large_filled] = view[_HEADER.size :]
+                self._buffer.clear()
             return None
         with memoryview(self._buffer) as view:
             frame = bytes(view[_HEADER.size : end])
         del self._buffer[:end]
         return frame
+
+    def _add(self, chunk: bytes) -> None:
+        """Bytes read from the socket: to the large frame being gathered, the rest to the buffer."""
+        large = self._large
+        if large is None:
+            self._buffer += chunk
+            return
+        room = len(large) - self._large_filled
+        taken = min(room, len(chunk))
+        large[self._large_filled : self._large_filled + taken] = memoryview(chunk)[:taken]
+        self._large_filled += taken
+        if taken < len(chunk):
+            self._buffer += memoryview(chunk)[taken:]
 
     async def drop(self) -> None:
         """Reset the link at once: it is dead, so there is no peer to wait for."""
