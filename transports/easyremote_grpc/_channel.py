@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 
 import anyio
-import anyio.lowlevel
 import grpc
 import grpc.aio
 
@@ -64,8 +63,7 @@ class ChannelStateWatch:
 
     async def wait_for_state_change(self, state: grpc.ChannelConnectivity) -> None:
         """Return once the channel has left ``state``; cancelling the caller leaves gRPC untouched."""
-        await anyio.lowlevel.checkpoint()
-        while self.channel.get_state() is state:
+        while self.channel.get_state() is state:  # a state already left returns at once: callers re-check
             if not self._watcher.running:  # only a closed channel ends the watch: nothing will change
                 await anyio.sleep_forever()
             await self._changed.wait()
