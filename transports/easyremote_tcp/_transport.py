@@ -153,22 +153,12 @@ class TcpConnection(Connection):
         """The next frame. One already read is returned without waiting: a chunk of many
         frames is taken whole before the event loop runs anything else, so answers to them
         go out together in one write."""
-        try:
-            frame = self._take_frame()
-        except MessageTooLargeError:
-            self._buffer.clear()
-            await self.abort()
-            raise
+        frame = await self._next_frame()
         if frame is not None:
             return frame
         async with self._receive_lock:
             while True:
-                try:
-                    frame = self._take_frame()
-                except MessageTooLargeError:
-                    self._buffer.clear()
-                    await self.abort()
-                    raise
+                frame = await self._next_frame()
                 if frame is not None:
                     return frame
                 try:
@@ -184,6 +174,16 @@ class TcpConnection(Connection):
                 except (anyio.BrokenResourceError, OSError) as exc:
                     raise ConnectionLostError(f"link to {self.peer} broke: {describe(exc)}") from exc
                 self._add(chunk)
+
+    async def _next_frame(self) -> bytes | None:
+        """:meth:`_take_frame`; a frame announced too large resets the link."""
+        try:
+            return self._take_frame()
+        except MessageTooLargeError:
+            self._buffer.clear()
+            self._large = None
+            await self.abort()
+            raise
 
     def _take_frame(self) -> bytes | None:
         """The next whole frame from the buffer, if it is all there; nothing is consumed otherwise.
