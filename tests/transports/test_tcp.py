@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import random
 import socket
 import struct
+import sys
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -239,3 +242,92 @@ async def test_options_tls_overrides_the_transport_default(pki: dict[str, str]) 
             async with await transport.connect(Address(LOCAL, port), options) as conn:
                 await conn.send(b"ok")
                 assert await conn.receive() == b"ok"
+
+
+async def test_serve_cancelled_while_peers_connect_leaves_the_loop_clean(anyio_backend: str) -> None:
+    # A gateway stopping while peers keep dialling: an accept cancelled in the loop turn its
+    # socket became readable must not be completed afterwards (on asyncio that lost the
+    # connection and raised InvalidStateError in the event loop, failing whatever ran there).
+    loop_errors: list[object] = []
+    if anyio_backend == "asyncio":
+        import asyncio
+
+        asyncio.get_running_loop().set_exception_handler(lambda _, context: loop_errors.append(context))
+    stop = threading.Event()
+
+    def dial(port: int) -> None:
+        while not stop.is_set():
+            try:
+                socket.create_connection((LOCAL, port), timeout=0.2).close()
+            except OSError:
+                pass
+
+    transport = TcpTransport()
+    for round_ in range(120):
+        listener = await transport.listen(LOCAL, 0, LinkOptions())
+        dialler = threading.Thread(target=dial, args=(listener.port,))
+        dialler.start()
+        try:
+            with anyio.fail_after(5):  # serve() ends at once when its caller's scope is cancelled
+                with anyio.CancelScope() as scope:
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(listener.serve, echo)
+                        await anyio.sleep(random.random() * 0.01)
+                        scope.cancel()
+                await listener.aclose()
+        finally:
+            stop.set()
+            dialler.join()
+            stop.clear()
+        assert loop_errors == [], f"round {round_}: {loop_errors}"
+
+
+_OUT_OF_DESCRIPTORS = """
+import os, resource, sys
+import anyio
+from easyremote_tcp import TcpTransport
+from easyremote_core import LinkOptions
+
+async def echo(connection):
+    try:
+        while True:
+            await connection.send(await connection.receive())
+    except anyio.EndOfStream:
+        pass
+
+async def main():
+    listener = await TcpTransport().listen("127.0.0.1", 0, LinkOptions(handshake_timeout=60))
+    used = len(os.listdir("/proc/self/fd"))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (used + 3, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+    print(listener.port, flush=True)
+    await listener.serve(echo)
+
+anyio.run(main)
+"""
+
+
+async def test_out_of_descriptors_the_listener_waits_and_goes_on() -> None:
+    # A peer opening connections until the gateway has no descriptors left: the links already
+    # open keep working, the listener says why it cannot accept and accepts again when some close.
+    process = await anyio.open_process([sys.executable, "-c", _OUT_OF_DESCRIPTORS])
+    try:
+        assert process.stdout is not None and process.stderr is not None
+        with anyio.fail_after(TIMEOUT):
+            port = int((await process.stdout.receive()).decode().split()[0])
+            transport = TcpTransport()
+            async with await transport.connect(Address(LOCAL, port), LinkOptions()) as first:
+                hogs = [socket.create_connection((LOCAL, port)) for _ in range(12)]
+                said = b""
+                while b"cannot accept tcp links" not in said:
+                    said += await process.stderr.receive()
+                await first.send(b"still here")
+                assert await first.receive() == b"still here"
+                assert process.returncode is None
+                for hog in hogs:
+                    hog.close()
+                async with await transport.connect(Address(LOCAL, port), LinkOptions()) as later:
+                    await later.send(b"accepted again")
+                    assert await later.receive() == b"accepted again"
+    finally:
+        process.kill()
+        await process.wait()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import socket
@@ -304,6 +305,10 @@ def _coalesce(frames: list[bytes]) -> list[bytes]:
     return writes
 
 
+_OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+_ACCEPT_RETRY = 0.1  # seconds
+
+
 class TcpListener(Listener):
     """Accepts TCP links; ``aclose()`` resets every link still open."""
 
@@ -342,12 +347,37 @@ class TcpListener(Listener):
                 await self.aclose()
 
     async def _accept(self, sockets: SocketListener, handler: ConnectionHandler, tg: TaskGroup) -> None:
+        # Not SocketListener.accept(): on asyncio, an accept cancelled in the loop turn its socket
+        # became readable is still completed, into the cancelled future: the connection is lost and
+        # the loop reports InvalidStateError (bpo-41317). A wait for readability can be cancelled at
+        # any moment, and the accept itself does not wait.
+        listening = sockets.extra(SocketAttribute.raw_socket)
         while True:
             try:
-                raw = await sockets.accept()
+                await anyio.wait_readable(listening)
+                accepted, _ = listening.accept()
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                continue  # taken by another process sharing the socket, or reset while queued
+            except OSError as exc:
+                if self._closed:
+                    return
+                if exc.errno not in _OUT_OF_RESOURCES:
+                    raise
+                # Out of descriptors or buffers: the links already open go on; new ones are
+                # refused by the kernel's backlog until some close (as trio's serve_listeners does).
+                self._quiet.log(logging.WARNING, "", "resources", "cannot accept tcp links on port %d: %s; "
+                                "trying again in %g s", self.port, exc.strerror, _ACCEPT_RETRY)
+                await anyio.sleep(_ACCEPT_RETRY)
+                continue
             except anyio.ClosedResourceError:
                 if self._closed:
                     return
+                raise
+            try:
+                accepted.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                raw = await SocketStream.from_socket(accepted)
+            except BaseException:
+                accepted.close()
                 raise
             tg.start_soon(self._run_link, handler, raw)
 
@@ -397,9 +427,8 @@ class TcpListener(Listener):
         self._closed = True
         for link in self._links:  # every close from here on is a reset
             link._mark_aborted()
-        # The sockets first: anyio stops watching them before it ends a pending accept. Cancelling
-        # the accepting task first would leave asyncio a moment to complete that accept into a
-        # cancelled future (InvalidStateError in _sock_accept, bpo-41317).
+        for sockets in self._sockets:  # ends the accepts' waits before the descriptors go
+            anyio.notify_closing(sockets.extra(SocketAttribute.raw_socket))
         await self._listener.aclose()
         if self._task_group is not None:
             self._task_group.cancel_scope.cancel()
