@@ -5,11 +5,11 @@ from __future__ import annotations
 import functools
 import itertools
 import logging
-import math
 import os
 import secrets
 import threading
 import uuid
+from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -61,10 +61,45 @@ class _LinkLost:
         self.reason = reason
 
 
+class _Answers:
+    """What arrives for one call, in order: (envelope, attachment) pairs, or ``_LinkLost``.
+
+    One reader, who waits only when nothing is there (a memory object stream would also
+    yield to the event loop on every receive, and costs more to make, once per call).
+    """
+
+    __slots__ = ("_items", "_waiter", "_closed")
+
+    def __init__(self) -> None:
+        self._items: deque[Any] = deque()
+        self._waiter: anyio.Event | None = None
+        self._closed = False
+
+    def send_nowait(self, item: Any) -> None:
+        if self._closed:
+            return
+        self._items.append(item)
+        if self._waiter is not None:
+            self._waiter.set()
+
+    async def receive(self) -> Any:
+        while not self._items:
+            self._waiter = anyio.Event()
+            try:
+                await self._waiter.wait()
+            finally:
+                self._waiter = None
+        return self._items.popleft()
+
+    def close(self) -> None:
+        self._closed = True
+        self._items.clear()
+
+
 @dataclass(eq=False)
 class _Pending:
     request: pb.CallRequest
-    answers: MemoryObjectSendStream[Any]  # (envelope, attachment) pairs, or _LinkLost
+    answers: _Answers
     link: Link | None = None
     attachment: Attachment | None = None  # the arguments, when they travel apart from the envelope
 
@@ -342,8 +377,8 @@ class _RemoteCall:
         """The next answer frame; raises ``CallTimeoutError`` or ``GatewayUnavailableError`` at the deadline."""
         if self._deadline is None:
             self._deadline = anyio.current_time() + self._timeout
-            send, self._receive = anyio.create_memory_object_stream[Any](math.inf)
-            self._pending = _Pending(request=self._request, answers=send, attachment=self._attachment)
+            self._answers = _Answers()
+            self._pending = _Pending(request=self._request, answers=self._answers, attachment=self._attachment)
             self._client._pending[self._request.call_id] = self._pending
         with anyio.move_on_after(self._deadline - anyio.current_time()) as timer:
             answer = await self._answer()
@@ -362,7 +397,7 @@ class _RemoteCall:
         if self._pending.link is None:
             await self._dispatch()
         while True:
-            answer = await self._receive.receive()
+            answer = await self._answers.receive()
             if isinstance(answer, _LinkLost):
                 if self._items:  # a stream cannot be resumed part-way
                     raise ConnectionLostError(f"the link to the gateway was lost mid-stream: {answer.reason}")
@@ -395,7 +430,6 @@ class _RemoteCall:
         if reason and not self.answered and link is not None and not link.ended.is_set():
             link.send(pb.Envelope(cancel=pb.Cancel(call_id=self._request.call_id, reason=reason)))
         pending.answers.close()
-        self._receive.close()
 
 
 class RemoteStream:

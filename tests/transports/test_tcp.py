@@ -14,12 +14,13 @@ from pathlib import Path
 import anyio
 import pytest
 import trustme
-from easyremote_tcp import TcpConnection, TcpTransport
+from easyremote_tcp import TcpTransport
 from easyremote_tcp._transport import GREETING
 
 from easyremote_core import (
     Address,
     Connection,
+    ConnectionAttribute,
     ConnectionLostError,
     GatewayUnavailableError,
     LinkOptions,
@@ -171,8 +172,7 @@ async def test_socket_options_are_set() -> None:
     with anyio.fail_after(TIMEOUT):
         async with serving(echo) as (transport, port):
             async with await transport.connect(Address(LOCAL, port), LinkOptions()) as conn:
-                assert isinstance(conn, TcpConnection)
-                sock = conn._raw.extra(anyio.abc.SocketAttribute.raw_socket)
+                sock = conn.extra(anyio.abc.SocketAttribute.raw_socket)
                 assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
                 assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)
                 if hasattr(socket, "TCP_KEEPIDLE"):
@@ -331,3 +331,34 @@ async def test_out_of_descriptors_the_listener_waits_and_goes_on() -> None:
     finally:
         process.kill()
         await process.wait()
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # a trio link's sends wait instead
+async def test_frames_for_a_slow_reader_wait_uncopied_and_arrive_in_order(anyio_backend: str) -> None:
+    # On asyncio the link writes to the event loop's transport itself: frames for a peer that
+    # reads slowly wait in the link, counted by buffered_bytes (which the gateway's cut-off
+    # reads), and the transport's own buffer stays near its high-water mark.
+    may_read, all_read = anyio.Event(), anyio.Event()
+    received: list[bytes] = []
+    frames = [i.to_bytes(4, "big") * 2500 for i in range(3000)]  # 10 kB each, 30 MB in all
+
+    async def slow(connection: Connection) -> None:
+        await may_read.wait()
+        while len(received) < len(frames):
+            received.append(await connection.receive())
+        all_read.set()
+
+    with anyio.fail_after(TIMEOUT):
+        async with serving(slow) as (transport, port):
+            async with await transport.connect(Address(LOCAL, port), LinkOptions()) as conn:
+                send_nowait = conn.extra(ConnectionAttribute.send_nowait)
+                buffered = conn.extra(ConnectionAttribute.buffered_bytes)
+                for frame in frames:
+                    send_nowait(frame)
+                await anyio.sleep(0.1)  # the queued frames are written; the kernel's buffers fill
+                assert buffered() > 5_000_000  # what the kernel did not take (it takes ~10 MB on loopback)
+                assert conn._transport.get_write_buffer_size() < 1_000_000  # type: ignore[attr-defined]
+                may_read.set()
+                await all_read.wait()
+                assert buffered() == 0
+    assert received == frames

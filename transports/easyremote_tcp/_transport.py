@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
 import socket
 import ssl
 import struct
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,19 +36,11 @@ from easyremote_core._logs import Quieter, capped
 from easyremote_core._slots import OldestOut
 from easyremote_core._tls import CLIENT_CERT, PLAIN_TO_TLS, explain_error, speaks_tls
 
+from ._loop import LoopConnection, running_on_asyncio
+from ._wire import _COALESCE_LIMIT, _HEADER, _READ_CHUNK, _SEND_SLICE, GREETING, FrameParser, describe
+
 logger = capped(logging.getLogger(__name__))
 
-# Sent by both ends right after the TCP (and TLS) handshake. The client's connect()
-# returns only once the gateway's greeting arrived, so a gateway that refused the
-# link after accepting it (a required client certificate under TLS 1.3, a port that
-# is not an EasyRemote gateway, a proxy with nothing behind it) is reported by
-# connect() as GatewayUnavailableError rather than by the first receive.
-GREETING = b"easyremote-tcp/1"
-_HEADER = struct.Struct(">I")
-_READ_CHUNK = 256 * 1024  # bytes asked from the socket per read
-_COALESCE_LIMIT = 64 * 1024  # frames up to this size go out in one write with their header
-_SEND_SLICE = 256 * 1024  # a larger write goes out in slices of this size
-_LARGE = 1024 * 1024  # frames from this size on are gathered in a buffer of their own
 _CLOSE_LINGER = 1.0  # seconds an orderly close waits for the peer's own close
 
 
@@ -96,7 +87,7 @@ class SocketTuning:
                 logger.debug("cannot set %s=%s on a tcp link: %s", name, value, exc)
 
 
-class TcpConnection(Connection):
+class TcpConnection(FrameParser, Connection):
     """One TCP link carrying length-prefixed frames. ``abort()`` resets it."""
 
     def __init__(self, stream: ByteStream, raw: SocketStream, peer: str, max_message_size: int) -> None:
@@ -104,9 +95,7 @@ class TcpConnection(Connection):
         self._stream = stream  # the TLS stream, or the socket stream itself
         self._raw = raw
         self._max = max_message_size
-        self._buffer = bytearray()
-        self._large: bytearray | None = None  # a large frame being gathered (see _take_frame)
-        self._large_filled = 0
+        self._init_frames()
         self._send_lock = anyio.Lock()
         self._receive_lock = anyio.Lock()
         self._closed = False  # no more sends or receives
@@ -115,7 +104,8 @@ class TcpConnection(Connection):
 
     @property
     def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
-        return {ConnectionAttribute.send_many: lambda: self.send_many}
+        return {ConnectionAttribute.send_many: lambda: self.send_many,
+                SocketAttribute.raw_socket: lambda: self._raw.extra(SocketAttribute.raw_socket)}
 
     async def send(self, frame: bytes) -> None:
         await self.send_many([frame])
@@ -165,7 +155,7 @@ class TcpConnection(Connection):
                 try:
                     chunk = await self._stream.receive(_READ_CHUNK)
                 except anyio.EndOfStream:
-                    if self._buffer or self._large is not None:
+                    if self._in_a_frame():
                         raise ConnectionLostError(
                             f"{self.peer} closed the link in the middle of a frame"
                         ) from None
@@ -181,57 +171,9 @@ class TcpConnection(Connection):
         try:
             return self._take_frame()
         except MessageTooLargeError:
-            self._buffer.clear()
-            self._large = None
+            self._clear_frames()
             await self.abort()
             raise
-
-    def _take_frame(self) -> bytes | None:
-        """The next whole frame from the buffer, if it is all there; nothing is consumed otherwise.
-
-        A frame larger than ``_LARGE`` is gathered apart, in a buffer of its own size, so that
-        its bytes are copied once on the way in instead of each time the buffer grows.
-        """
-        large = self._large
-        if large is not None:
-            if self._large_filled < len(large):
-                return None
-            self._large = None
-            return bytes(large)
-        if len(self._buffer) < _HEADER.size:
-            return None
-        (size,) = _HEADER.unpack_from(self._buffer)
-        if size > self._max:
-            raise MessageTooLargeError(
-                f"{self.peer} announced a frame of {size} bytes, above max_message_size ({self._max}); "
-                "the link is closed"
-            )
-        end = _HEADER.size + size
-        if len(self._buffer) < end:
-            if size >= _LARGE:
-                self._large = bytearray(size)
-                self._large_filled = len(self._buffer) - _HEADER.size
-                with memoryview(self._buffer) as view:
-                    self._large[: self._large_filled] = view[_HEADER.size :]
-                self._buffer.clear()
-            return None
-        with memoryview(self._buffer) as view:
-            frame = bytes(view[_HEADER.size : end])
-        del self._buffer[:end]
-        return frame
-
-    def _add(self, chunk: bytes) -> None:
-        """Bytes read from the socket: to the large frame being gathered, the rest to the buffer."""
-        large = self._large
-        if large is None:
-            self._buffer += chunk
-            return
-        room = len(large) - self._large_filled
-        taken = min(room, len(chunk))
-        large[self._large_filled : self._large_filled + taken] = memoryview(chunk)[:taken]
-        self._large_filled += taken
-        if taken < len(chunk):
-            self._buffer += memoryview(chunk)[taken:]
 
     async def drop(self) -> None:
         """Reset the link at once: it is dead, so there is no peer to wait for."""
@@ -327,7 +269,7 @@ class TcpListener(Listener):
         self._options = options
         self._ssl_context = ssl_context
         self._tuning = tuning
-        self._links: set[TcpConnection] = set()
+        self._links: set[TcpConnection | LoopConnection] = set()
         self._handshaking = OldestOut(options.max_pending_handshakes)  # links in their TLS and greeting
         self._quiet = Quieter(logger)
         self._task_group: TaskGroup | None = None
@@ -355,7 +297,7 @@ class TcpListener(Listener):
         while True:
             try:
                 await anyio.wait_readable(listening)
-                accepted, _ = listening.accept()
+                accepted, address = listening.accept()
             except (BlockingIOError, InterruptedError, ConnectionAbortedError):
                 continue  # taken by another process sharing the socket, or reset while queued
             except OSError as exc:
@@ -373,28 +315,16 @@ class TcpListener(Listener):
                 if self._closed:
                     return
                 raise
-            try:
-                accepted.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                raw = await SocketStream.from_socket(accepted)
-            except BaseException:
-                accepted.close()
-                raise
-            tg.start_soon(self._run_link, handler, raw)
+            tg.start_soon(self._run_link, handler, accepted, address)
 
-    async def _run_link(self, handler: ConnectionHandler, raw: SocketStream) -> None:
-        peer = _format_peer(raw.extra(SocketAttribute.remote_address))
-        stream: ByteStream | None = None
+    async def _run_link(self, handler: ConnectionHandler, accepted: socket.socket, address: object) -> None:
+        peer = _format_peer(address)
+        connection: TcpConnection | LoopConnection | None = None
         try:
-            self._tuning.apply(raw.extra(SocketAttribute.raw_socket))
+            self._tuning.apply(accepted)
             with anyio.fail_after(self._options.handshake_timeout), self._handshaking.slot():
-                tls: ByteStream = raw
-                if self._ssl_context is not None:
-                    tls = await TLSStream.wrap(
-                        raw, server_side=True, ssl_context=self._ssl_context, standard_compatible=False
-                    )
-                await _exchange_greeting(tls)
-                stream = tls
-            if stream is None and not self._closed:  # its slot went to a newer link
+                connection = await self._handshake(accepted, peer)
+            if connection is None and not self._closed:  # its slot went to a newer link
                 self._quiet.log(logging.INFO, peer, "pending", "closed a tcp link from %s in its handshake: more "
                                 "than max_pending_handshakes (%d) waited", peer, self._options.max_pending_handshakes)
         except TimeoutError:
@@ -403,10 +333,8 @@ class TcpListener(Listener):
         except (OSError, anyio.BrokenResourceError, anyio.EndOfStream, ProtocolError) as exc:
             self._quiet.log(logging.INFO, peer, type(exc).__name__, "refused a tcp link from %s: %s", peer,
                             describe(exc))
-        if stream is None:
-            await anyio.aclose_forcefully(raw)
-            return
-        connection = TcpConnection(stream, raw, peer, self._options.max_message_size)
+        if connection is None:
+            return  # _handshake released the socket
         self._links.add(connection)
         try:
             await handler(connection)
@@ -420,6 +348,30 @@ class TcpListener(Listener):
                 await connection.abort()
             else:
                 await connection.aclose()
+
+    async def _handshake(self, accepted: socket.socket, peer: str) -> TcpConnection | LoopConnection:
+        """The link on an accepted socket, once greetings (and TLS) are exchanged; the socket is
+        released when that fails."""
+        if self._ssl_context is None and running_on_asyncio():
+            fast = await LoopConnection.accepted(accepted, peer, self._options.max_message_size)
+            await fast.greet()
+            return fast
+        try:
+            raw = await SocketStream.from_socket(accepted)
+        except BaseException:
+            accepted.close()
+            raise
+        try:
+            stream: ByteStream = raw
+            if self._ssl_context is not None:
+                stream = await TLSStream.wrap(
+                    raw, server_side=True, ssl_context=self._ssl_context, standard_compatible=False
+                )
+            await _exchange_greeting(stream)
+        except BaseException:
+            await anyio.aclose_forcefully(raw)
+            raise
+        return TcpConnection(stream, raw, peer, self._options.max_message_size)
 
     async def aclose(self) -> None:
         if self._closed:
@@ -481,6 +433,16 @@ class TcpTransport(Transport):
         stage = "connect"
         try:
             with anyio.fail_after(options.connect_timeout):
+                if context is None and running_on_asyncio():
+                    fast = await LoopConnection.dial(address.host, address.port, target, options.max_message_size)
+                    try:
+                        self.tuning.apply(fast.extra(SocketAttribute.raw_socket))
+                        stage = "greeting"
+                        await fast.greet()
+                    except BaseException:
+                        await fast.abort()
+                        raise
+                    return fast
                 raw = await anyio.connect_tcp(address.host, address.port)
                 try:
                     self.tuning.apply(raw.extra(SocketAttribute.raw_socket))
@@ -562,32 +524,6 @@ async def _exchange_greeting(stream: ByteStream) -> None:
             raise ProtocolError("the peer closed the link during the greeting") from None
     if received != GREETING:
         raise ProtocolError(f"the peer is not an EasyRemote tcp endpoint (it sent {received!r})")
-
-
-def describe(exc: BaseException) -> str:
-    """A short reason for a failure, taken from the innermost OS error when there is one."""
-    for cause in _chain(exc):
-        if isinstance(cause, (ssl.SSLWantReadError, ssl.SSLWantWriteError)):
-            continue  # TLS waiting for bytes: the cause is whatever happened to the socket
-        if isinstance(cause, ssl.SSLCertVerificationError) and cause.verify_message:
-            return cause.verify_message.rstrip(".")
-        if isinstance(cause, ssl.SSLError) and cause.reason:
-            return cause.reason.lower().replace("_", " ")
-        if isinstance(cause, OSError) and not isinstance(cause, socket.gaierror) and cause.errno:
-            return os.strerror(cause.errno).lower()  # asyncio's own text only repeats the address
-        if isinstance(cause, OSError) and cause.strerror:
-            return cause.strerror.lower()
-    text = str(exc)
-    return text or type(exc).__name__
-
-
-def _chain(exc: BaseException) -> Iterable[BaseException]:
-    seen: list[BaseException] = []
-    current: BaseException | None = exc
-    while current is not None and current not in seen:
-        seen.append(current)
-        current = current.__cause__ or current.__context__
-    return reversed(seen)
 
 
 def _format_peer(address: object) -> str:
