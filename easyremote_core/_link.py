@@ -11,6 +11,7 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup
 
+from ._backend import TaskSet
 from ._connection import Connection, ConnectionAttribute
 from ._errors import ConnectionLostError, EasyRemoteError, MessageTooLargeError, ProtocolError
 from ._flag import Flag
@@ -77,6 +78,7 @@ class Link:
         self._outbox_in, self._outbox = (anyio.create_memory_object_stream[bytes](math.inf)
                                          if self._send_nowait is None else _NO_OUTBOX)
         self._task_group: TaskGroup | None = None
+        self._tasks = TaskSet(self._task_failed)  # what start_soon runs
         self._heartbeat_seq = 0
         self.last_received_wall = time.time()  # wall clock of the last frame, for people reading status
         self.end_reason = ""
@@ -138,9 +140,13 @@ class Link:
         self._outbox_bytes = 0
 
     def start_soon(self, func: Callable[..., Any], *args: Any) -> None:
-        """Run a task that lives as long as this link."""
-        assert self._task_group is not None, "the link is not running"
-        self._task_group.start_soon(func, *args)
+        """Run a task that lives as long as this link (a node runs each call in one)."""
+        self._tasks.start_soon(func, *args)
+
+    def _task_failed(self, exc: BaseException) -> None:
+        logger.error("A task of the link to %s raised; the link ends", self.health.peer_name, exc_info=exc)
+        self._orderly = False
+        self._end(f"a task of the link failed: {exc!r}")
 
     @property
     def last_received(self) -> float:
@@ -159,7 +165,8 @@ class Link:
                     tg.start_soon(self._heartbeats)
                 for probe in self._probes:
                     tg.start_soon(self._watch, probe)
-                await self._receiver()  # in this task: a gateway with many links keeps a task less per link
+                # The receiver runs in this task: a gateway with many links keeps a task less per link.
+                await self._tasks.own(self._receiver)
         finally:
             self._outbox_in.close()
             self._outbox.close()

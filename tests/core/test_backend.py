@@ -13,7 +13,7 @@ import pytest
 
 from easyremote import AsyncClient, ComputeNode, Gateway
 from easyremote.errors import GatewayUnavailableError
-from easyremote_core._backend import HostTask, call_soon_threadsafe
+from easyremote_core._backend import HostTask, TaskSet, call_soon_threadsafe
 
 from .conftest import address, running_node
 
@@ -172,3 +172,53 @@ async def test_async_with_still_nests(gateway: Gateway) -> None:
     with anyio.fail_after(10):
         async with client_of(gateway) as first, client_of(gateway) as second:
             assert await first.execute("add", 1, 2) == await second.execute("add", 2, 1)
+
+
+async def test_a_task_set_ends_its_tasks_with_its_owner() -> None:
+    # What a link starts (a node's calls) is cancelled and awaited when the link's own work ends.
+    failures: list[BaseException] = []
+    tasks = TaskSet(failures.append)
+    started, cancelled = anyio.Event(), anyio.Event()
+
+    async def call() -> None:
+        started.set()
+        try:
+            await anyio.sleep_forever()
+        finally:
+            cancelled.set()
+
+    async def owner_work() -> None:
+        tasks.start_soon(call)
+        await started.wait()
+
+    before = len(anyio.get_running_tasks())
+    with anyio.fail_after(5):
+        await tasks.own(owner_work)
+    assert cancelled.is_set()  # already, when own() returned
+    assert failures == []
+    assert len(anyio.get_running_tasks()) == before  # nothing left behind
+
+
+async def test_a_task_that_raises_is_reported_to_the_owner() -> None:
+    failures: list[BaseException] = []
+    tasks = TaskSet(failures.append)
+    reported = anyio.Event()
+
+    async def broken() -> None:
+        raise ValueError("a bug")
+
+    async def owner_work() -> None:
+        tasks.start_soon(broken)
+        tasks.start_soon(reported_soon)
+
+    async def reported_soon() -> None:
+        await anyio.wait_all_tasks_blocked()
+        reported.set()
+
+    async def work() -> None:
+        await owner_work()
+        await reported.wait()
+
+    with anyio.fail_after(5):
+        await tasks.own(work)
+    assert [str(failure) for failure in failures] == ["a bug"]
