@@ -15,6 +15,7 @@ import anyio
 import pytest
 import trustme
 from easyremote_tcp import TcpTransport
+from easyremote_tcp._loop import LoopConnection
 from easyremote_tcp._transport import GREETING
 
 from easyremote_core import (
@@ -361,4 +362,35 @@ async def test_frames_for_a_slow_reader_wait_uncopied_and_arrive_in_order(anyio_
                 may_read.set()
                 await all_read.wait()
                 assert buffered() == 0
+    assert received == frames
+
+
+async def test_a_receiver_that_falls_behind_pauses_the_peer_and_gets_everything() -> None:
+    # Frames read and not taken stop the reading at a few megabytes (the sender waits, through
+    # TCP); taking them starts it again, also when what is buffered is only part of a frame.
+    frames = [i.to_bytes(4, "big") * 256 for i in range(8000)]  # 1 kB each, 8 MB in all
+    frames.append(b"L" * (3 * 1024 * 1024))  # a large frame after them
+    may_read = anyio.Event()
+    received: list[bytes] = []
+
+    async def late(connection: Connection) -> None:
+        await may_read.wait()
+        if isinstance(connection, LoopConnection):
+            assert connection._read_paused  # it stopped reading, a few megabytes in
+        while len(received) < len(frames):
+            received.append(await connection.receive())
+        await connection.send(b"done")
+
+    with anyio.fail_after(TIMEOUT):
+        async with serving(late) as (transport, port):
+            async with await transport.connect(Address(LOCAL, port), LinkOptions()) as conn:
+                async with anyio.create_task_group() as tg:
+                    async def send_all() -> None:
+                        for frame in frames:
+                            await conn.send(frame)
+
+                    tg.start_soon(send_all)
+                    await anyio.sleep(0.5)  # the receiver is behind: the sender is held back
+                    may_read.set()
+                assert await conn.receive() == b"done"
     assert received == frames

@@ -244,9 +244,8 @@ class LoopConnection(FrameParser, Connection, asyncio.Protocol):
                 await self.abort()
                 raise
             if frame is not None:
-                if self._read_paused and len(self._buffer) <= _READ_AHEAD // 2 and self._transport is not None:
-                    self._read_paused = False
-                    self._transport.resume_reading()
+                if len(self._buffer) <= _READ_AHEAD // 2:
+                    self._resume_reading()
                 return frame
             if self._closed and not self._eof:
                 raise ConnectionLostError(f"link to {self.peer} is closed")
@@ -260,7 +259,13 @@ class LoopConnection(FrameParser, Connection, asyncio.Protocol):
                 raise anyio.EndOfStream
             if self._readable is not None:
                 raise anyio.BusyResourceError("receiving from")
+            self._resume_reading()  # what is buffered is no whole frame: more must be read
             await self._wait_readable()
+
+    def _resume_reading(self) -> None:
+        if self._read_paused and self._transport is not None:
+            self._read_paused = False
+            self._transport.resume_reading()
 
     async def drop(self) -> None:
         """Reset the link at once: it is dead, so there is no peer to wait for."""
