@@ -394,3 +394,19 @@ async def test_a_receiver_that_falls_behind_pauses_the_peer_and_gets_everything(
                     may_read.set()
                 assert await conn.receive() == b"done"
     assert received == frames
+
+
+@pytest.mark.parametrize("anyio_backend", [pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop")])
+async def test_links_on_uvloop(anyio_backend: object) -> None:
+    # Many asyncio programs run on uvloop: its transports are not subclasses of asyncio's and
+    # its create_connection has no happy eyeballs; the protocol link works there too.
+    import asyncio
+
+    assert type(asyncio.get_running_loop()).__module__.startswith("uvloop")
+    with anyio.fail_after(TIMEOUT):
+        async with serving(echo) as (transport, port):
+            async with await transport.connect(Address(LOCAL, port), LinkOptions()) as conn:
+                assert isinstance(conn, LoopConnection)
+                for size in (10, 100_000, 3_000_000):
+                    await conn.send(b"x" * size)
+                    assert await conn.receive() == b"x" * size

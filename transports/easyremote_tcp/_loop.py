@@ -15,7 +15,7 @@ import socket
 import struct
 from collections import deque
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import anyio
 from anyio.abc import SocketAttribute
@@ -70,8 +70,11 @@ class LoopConnection(FrameParser, Connection, asyncio.Protocol):
     async def dial(cls, host: str, port: int, peer: str, max_message_size: int) -> LoopConnection:
         """Open the TCP connection (``OSError`` when it fails); then :meth:`greet`."""
         loop = asyncio.get_running_loop()
-        _, connection = await loop.create_connection(
-            lambda: cls(peer, max_message_size), host, port, happy_eyeballs_delay=0.25)
+        try:
+            _, connection = await loop.create_connection(
+                lambda: cls(peer, max_message_size), host, port, happy_eyeballs_delay=0.25)
+        except TypeError:  # an event loop without happy eyeballs (uvloop)
+            _, connection = await loop.create_connection(lambda: cls(peer, max_message_size), host, port)
         return connection
 
     @classmethod
@@ -88,9 +91,8 @@ class LoopConnection(FrameParser, Connection, asyncio.Protocol):
     # -- the protocol's side --------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
-        transport.write(GREETING)
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's is one without subclassing it
+        self._transport.write(GREETING)
 
     def data_received(self, data: bytes) -> None:
         if not self._greeted:
