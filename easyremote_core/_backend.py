@@ -89,6 +89,15 @@ class HostTask:
         logger.warning("%s did not end within %g s of being cancelled", self.name, CLOSE_TIMEOUT)
 
 
+def clock() -> Callable[[], float]:
+    """The running event loop's clock, the one ``anyio.current_time()`` reads, as a function for
+    a caller that reads it often (once per frame): ``anyio.current_time()`` looks the backend up
+    on every call."""
+    if sniffio.current_async_library() == "asyncio":
+        return asyncio.get_running_loop().time
+    return anyio.current_time
+
+
 class TaskSet:
     """Short tasks started at once, owned by the task that runs :meth:`own`: when its work ends,
     those still running are cancelled and waited for. On asyncio they are the loop's own tasks,

@@ -11,7 +11,7 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup
 
-from ._backend import TaskSet
+from ._backend import TaskSet, clock
 from ._connection import Connection, ConnectionAttribute
 from ._errors import ConnectionLostError, EasyRemoteError, MessageTooLargeError, ProtocolError
 from ._flag import Flag
@@ -243,10 +243,11 @@ class Link:
 
     async def _receiver(self) -> None:
         health = self.health
+        now = clock()
         try:
             while True:
                 frame = await self.connection.receive()
-                health.last_received = anyio.current_time()
+                health.last_received = now()
                 self.last_received_wall = time.time()
                 envelope, attachment = decode_frame(frame)
                 if envelope.WhichOneof("body") == "heartbeat":
