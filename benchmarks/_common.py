@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 import platform
@@ -109,8 +110,11 @@ def machine() -> str:
         usable = cores
     versions = ", ".join(f"{name} {_version(name)}" for name in ("grpcio", "protobuf", "anyio"))
     core_text = f"{usable} cores" if usable == cores else f"{usable} of {cores} cores usable"
+    loop = "uvloop" if importlib.util.find_spec("uvloop") and os.environ.get("EASYREMOTE_EVENT_LOOP") != "asyncio" \
+        else "asyncio"
     return (f"{core_text}, {platform.system()} {platform.machine()}, "
-            f"Python {sys.version.split()[0]} ({platform.python_implementation()}), {versions}")
+            f"Python {sys.version.split()[0]} ({platform.python_implementation()}), {versions}, "
+            f"EasyRemote's event loop {loop}")
 
 
 def usable_cores() -> int:

@@ -56,6 +56,7 @@ NODES_SCRIPT = """
 import argparse, logging
 import anyio
 from easyremote import ComputeNode
+from easyremote_core._backend import run as run_loop
 
 parser = argparse.ArgumentParser()
 parser.add_argument("address")
@@ -92,7 +93,7 @@ async def run(node, *, task_status):
         task_status.started()
         await anyio.sleep_forever()
 
-anyio.run(main)
+run_loop(main)  # the event loop EasyRemote runs its own programs on (uvloop when installed)
 """
 
 NATS_RESPONDER = """

@@ -32,6 +32,7 @@ import _peers
 from _common import machine, usable_cores
 
 from easyremote import AsyncClient
+from easyremote_core._backend import run as run_loop
 
 Call = Callable[[], Awaitable[object]]
 
@@ -513,7 +514,7 @@ def main(argv: list[str] | None = None) -> int:
     options.transports = [name.strip() for name in options.transports.split(",") if name.strip()]
     logging.basicConfig(level=logging.ERROR)
     started = time.perf_counter()
-    anyio.run(run, options, backend="asyncio")
+    run_loop(run, options)  # the client on the loop EasyRemote runs its own programs on
     print(f"\ntotal {time.perf_counter() - started:.1f} s", flush=True)
     return 0
 

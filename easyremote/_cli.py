@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 import anyio
 
 from easyremote_core import EasyRemoteError, get_plugin_manager
+from easyremote_core._backend import run as run_loop
 from easyremote_core._client import Client
 from easyremote_core._errors import (
     AuthenticationError,
@@ -203,7 +204,7 @@ def _gateway(options: argparse.Namespace) -> int:
                     logging.getLogger("easyremote").info("Received %s, shutting down", signal.Signals(signum).name)
                     return
 
-    anyio.run(run)
+    run_loop(run)
     return EXIT_OK
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
+from easyremote_core._backend import run as run_loop
 from easyremote_core._client import AsyncClient
 from easyremote_core._errors import EasyRemoteError
 from easyremote_core._node import ComputeNode
@@ -224,7 +225,7 @@ def run_demo(transport: str = "grpc", outage: float = 2.0) -> int:
     package.addHandler(handler)
     propagate, package.propagate = package.propagate, False
     try:
-        return anyio.run(_demo, transport, outage)
+        return run_loop(_demo, transport, outage)
     finally:
         package.removeHandler(handler)
         package.propagate = propagate

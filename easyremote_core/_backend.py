@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import logging
+import os
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import anyio.abc
 import anyio.lowlevel
 import sniffio
 
+from ._errors import ConfigurationError
+
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 #: How long ``HostTask.aclose`` waits for a cancelled host task to end.
 CLOSE_TIMEOUT = 30.0
@@ -87,6 +93,23 @@ class HostTask:
             await self.wait()
             return
         logger.warning("%s did not end within %g s of being cancelled", self.name, CLOSE_TIMEOUT)
+
+
+#: ``asyncio`` runs EasyRemote's own event loops on asyncio's loop even when uvloop is installed.
+EVENT_LOOP_ENV = "EASYREMOTE_EVENT_LOOP"
+
+
+def run(main: Callable[..., Awaitable[T]], *args: Any) -> T:
+    """``anyio.run`` for the event loops EasyRemote starts itself (the CLI, blocking ``serve()``,
+    the sync ``Client``'s thread): asyncio, on uvloop when it is installed (a faster loop: fewer
+    microseconds per frame) unless ``EASYREMOTE_EVENT_LOOP=asyncio``."""
+    choice = os.environ.get(EVENT_LOOP_ENV, "").strip().lower()
+    if choice not in ("", "asyncio", "uvloop"):
+        raise ConfigurationError(f"{EVENT_LOOP_ENV}={choice!r}: must be asyncio or uvloop")
+    use_uvloop = choice != "asyncio" and importlib.util.find_spec("uvloop") is not None
+    if choice == "uvloop" and not use_uvloop:
+        raise ConfigurationError(f"{EVENT_LOOP_ENV}=uvloop, but uvloop is not installed (pip install uvloop)")
+    return anyio.run(main, *args, backend="asyncio", backend_options={"use_uvloop": use_uvloop})
 
 
 def clock() -> Callable[[], float]:

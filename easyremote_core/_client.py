@@ -21,6 +21,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 
 from ._address import parse_address
 from ._backend import HostTask
+from ._backend import run as run_loop
 from ._config import LinkSettings, number, whole
 from ._errors import (
     CallTimeoutError,
@@ -506,7 +507,7 @@ class Client:
             finally:
                 started.set()
 
-        self._thread = threading.Thread(target=anyio.run, args=(main,), daemon=True,
+        self._thread = threading.Thread(target=run_loop, args=(main,), daemon=True,
                                         name=f"easyremote-client-{gateway}")
         self._thread.start()
         started.wait()

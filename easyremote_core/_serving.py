@@ -11,7 +11,7 @@ from typing import TypeVar
 import anyio
 import anyio.lowlevel
 
-from ._backend import call_soon_threadsafe, off_loop
+from ._backend import call_soon_threadsafe, off_loop, run
 
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup
@@ -22,14 +22,14 @@ T = TypeVar("T")
 
 
 def run_blocking(main: Callable[[], Awaitable[T]], what: str) -> T:
-    """``anyio.run(main)``; an exception group from inside comes out as one exception.
+    """``anyio.run(main)`` (see ``_backend.run``); an exception group from inside comes out as one exception.
 
     Task groups wrap what fails in them in an ``ExceptionGroup``; the caller of a blocking
     ``serve()`` should see the failure itself (an ``OSError``, an ``EasyRemoteError``), or a
     ``RuntimeError`` naming each failure when several happened at once.
     """
     try:
-        return anyio.run(main)
+        return run(main)
     except BaseExceptionGroup as group:
         failure = one_exception(group, what)
         failure.__suppress_context__ = True

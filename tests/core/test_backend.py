@@ -222,3 +222,4 @@ async def test_a_task_that_raises_is_reported_to_the_owner() -> None:
     with anyio.fail_after(5):
         await tasks.own(work)
     assert [str(failure) for failure in failures] == ["a bug"]
+
