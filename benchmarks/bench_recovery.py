@@ -34,6 +34,7 @@ from easyremote import AsyncClient, ComputeNode, ConnectionState
 from easyremote.errors import EasyRemoteError, NodeLostError
 
 # Printed beside the figures: the reconnection timings the measured code actually uses.
+from easyremote_core._backend import run as run_loop
 from easyremote_core._reachability import LISTEN_CHECK_INTERVAL
 from easyremote_core._supervisor import RETURN_SPREAD
 from easyremote_core.testing.chaos import ChaosProxy
@@ -631,7 +632,7 @@ def main(argv: list[str] | None = None) -> int:
     easyremote.addHandler(options.counter)
     easyremote.propagate = False
     started = time.perf_counter()
-    anyio.run(run, options, backend="asyncio")
+    run_loop(run, options)  # the loop EasyRemote runs its own programs on (uvloop when installed)
     print(f"\ntotal {time.perf_counter() - started:.1f} s", flush=True)
     return 0
 
