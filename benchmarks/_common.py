@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
 import platform
@@ -13,6 +12,8 @@ from dataclasses import dataclass, field
 from importlib import metadata
 
 import anyio
+
+from easyremote_core._backend import event_loop
 
 Call = Callable[[], Awaitable[object]]
 
@@ -110,11 +111,9 @@ def machine() -> str:
         usable = cores
     versions = ", ".join(f"{name} {_version(name)}" for name in ("grpcio", "protobuf", "anyio"))
     core_text = f"{usable} cores" if usable == cores else f"{usable} of {cores} cores usable"
-    loop = "uvloop" if importlib.util.find_spec("uvloop") and os.environ.get("EASYREMOTE_EVENT_LOOP") != "asyncio" \
-        else "asyncio"
     return (f"{core_text}, {platform.system()} {platform.machine()}, "
             f"Python {sys.version.split()[0]} ({platform.python_implementation()}), {versions}, "
-            f"EasyRemote's event loop {loop}")
+            f"EasyRemote's event loop {event_loop()}")
 
 
 def usable_cores() -> int:

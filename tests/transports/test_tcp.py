@@ -356,7 +356,9 @@ async def test_frames_for_a_slow_reader_wait_uncopied_and_arrive_in_order(anyio_
                 buffered = conn.extra(ConnectionAttribute.buffered_bytes)
                 for frame in frames:
                     send_nowait(frame)
-                await anyio.sleep(0.1)  # the queued frames are written; the kernel's buffers fill
+                # The next turn of the loop writes the queued frames out, as far as the
+                # kernel's buffers take them; what is left waits.
+                await anyio.lowlevel.checkpoint()
                 assert buffered() > 5_000_000  # what the kernel did not take (it takes ~10 MB on loopback)
                 assert conn._transport.get_write_buffer_size() < 1_000_000  # type: ignore[attr-defined]
                 may_read.set()

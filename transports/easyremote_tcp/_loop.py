@@ -23,18 +23,10 @@ from anyio.abc import SocketAttribute
 from easyremote_core import ConnectionAttribute, ConnectionLostError, MessageTooLargeError, ProtocolError
 from easyremote_core._connection import Connection
 
-from ._wire import _COALESCE_LIMIT, _HEADER, GREETING, FrameParser, describe
+from ._wire import _COALESCE_LIMIT, _HEADER, GREETING, GREETING_CUT, FrameParser, check_greeting, describe
 
 _READ_AHEAD = 4 * 1024 * 1024  # bytes read and not yet taken as frames before reading pauses
 _CLOSE_LINGER = 1.0  # seconds an orderly close waits for the peer's own close
-
-
-def running_on_asyncio() -> bool:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True
 
 
 class LoopConnection(FrameParser, Connection, asyncio.Protocol):
@@ -99,10 +91,10 @@ class LoopConnection(FrameParser, Connection, asyncio.Protocol):
             self._buffer += data
             if len(self._buffer) < len(GREETING):
                 return
-            greeting = bytes(self._buffer[: len(GREETING)])
-            if greeting != GREETING:
-                self._greeting_error = ProtocolError(
-                    f"the peer is not an EasyRemote tcp endpoint (it sent {greeting!r})")
+            try:
+                check_greeting(bytes(self._buffer[: len(GREETING)]))
+            except ProtocolError as exc:
+                self._greeting_error = exc
                 self._buffer.clear()
                 self._wake_reader()
                 return
@@ -181,7 +173,7 @@ class LoopConnection(FrameParser, Connection, asyncio.Protocol):
                 if self._eof:
                     if self._lost is not None:
                         raise self._lost
-                    raise ProtocolError("the peer closed the link during the greeting")
+                    raise ProtocolError(GREETING_CUT)
                 await self._wait_readable()
         except BaseException:
             self._transport_abort()

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
+import sniffio
 from anyio.abc import ByteStream, SocketAttribute, SocketListener, SocketStream, TaskGroup
 from anyio.streams.stapled import MultiListener
 from anyio.streams.tls import TLSStream
@@ -36,8 +37,18 @@ from easyremote_core._logs import Quieter, capped
 from easyremote_core._slots import OldestOut
 from easyremote_core._tls import CLIENT_CERT, PLAIN_TO_TLS, explain_error, speaks_tls
 
-from ._loop import LoopConnection, running_on_asyncio
-from ._wire import _COALESCE_LIMIT, _HEADER, _READ_CHUNK, _SEND_SLICE, GREETING, FrameParser, describe
+from ._loop import LoopConnection
+from ._wire import (
+    _COALESCE_LIMIT,
+    _HEADER,
+    _READ_CHUNK,
+    _SEND_SLICE,
+    GREETING,
+    GREETING_CUT,
+    FrameParser,
+    check_greeting,
+    describe,
+)
 
 logger = capped(logging.getLogger(__name__))
 
@@ -352,7 +363,7 @@ class TcpListener(Listener):
     async def _handshake(self, accepted: socket.socket, peer: str) -> TcpConnection | LoopConnection:
         """The link on an accepted socket, once greetings (and TLS) are exchanged; the socket is
         released when that fails."""
-        if self._ssl_context is None and running_on_asyncio():
+        if self._ssl_context is None and sniffio.current_async_library() == "asyncio":
             fast = await LoopConnection.accepted(accepted, peer, self._options.max_message_size)
             await fast.greet()
             return fast
@@ -433,7 +444,7 @@ class TcpTransport(Transport):
         stage = "connect"
         try:
             with anyio.fail_after(options.connect_timeout):
-                if context is None and running_on_asyncio():
+                if context is None and sniffio.current_async_library() == "asyncio":
                     fast = await LoopConnection.dial(address.host, address.port, target, options.max_message_size)
                     try:
                         self.tuning.apply(fast.extra(SocketAttribute.raw_socket))
@@ -521,9 +532,8 @@ async def _exchange_greeting(stream: ByteStream) -> None:
         try:
             received += await stream.receive(len(GREETING) - len(received))
         except anyio.EndOfStream:
-            raise ProtocolError("the peer closed the link during the greeting") from None
-    if received != GREETING:
-        raise ProtocolError(f"the peer is not an EasyRemote tcp endpoint (it sent {received!r})")
+            raise ProtocolError(GREETING_CUT) from None
+    check_greeting(received)
 
 
 def _format_peer(address: object) -> str:

@@ -9,7 +9,7 @@ import ssl
 import struct
 from collections.abc import Iterable
 
-from easyremote_core import MessageTooLargeError
+from easyremote_core import MessageTooLargeError, ProtocolError
 
 # Sent by both ends right after the TCP (and TLS) handshake. The client's connect()
 # returns only once the gateway's greeting arrived, so a gateway that refused the
@@ -22,6 +22,13 @@ _READ_CHUNK = 256 * 1024  # bytes asked from the socket per read
 _COALESCE_LIMIT = 64 * 1024  # frames up to this size go out in one write with their header
 _SEND_SLICE = 256 * 1024  # a larger write goes out in slices of this size
 _LARGE = 1024 * 1024  # frames from this size on are gathered in a buffer of their own
+GREETING_CUT = "the peer closed the link during the greeting"
+
+
+def check_greeting(received: bytes) -> None:
+    """Raise ``ProtocolError`` unless ``received`` (the peer's first bytes) is our greeting."""
+    if received != GREETING:
+        raise ProtocolError(f"the peer is not an EasyRemote tcp endpoint (it sent {received!r})")
 
 
 class FrameParser:
