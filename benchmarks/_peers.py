@@ -114,6 +114,26 @@ async def main():
 asyncio.run(main())
 """
 
+# N grpc.aio channels, each with one PingPong stream open after one round trip: what an idle
+# EasyRemote gRPC link costs a grpc.aio server before EasyRemote adds anything.
+RAW_GRPC_IDLE = """
+import asyncio, sys
+import grpc
+
+async def main():
+    target, calls = f"127.0.0.1:{sys.argv[1]}", []
+    for _ in range(int(sys.argv[2])):
+        channel = grpc.aio.insecure_channel(target)
+        call = channel.stream_stream("/bench.Echo/PingPong")()
+        await call.write(b"x")
+        await call.read()
+        calls.append((channel, call))
+    print(f"{len(calls)} idle streams ready", flush=True)
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
 # N idle nats-py connections with one subscription each: what an idle node costs nats-server.
 NATS_IDLE = """
 import asyncio, sys
@@ -232,5 +252,14 @@ async def nats_idle(url: str, count: int) -> AsyncIterator[PythonProcess]:
     with PythonProcess(NATS_IDLE, args=(url, str(count)), name="nats-idle") as process:
         process.start()
         await _wait_line(process, f"{count} idle connections ready")
+        yield process
+        process.terminate()
+
+
+@asynccontextmanager
+async def raw_grpc_idle(port: int, count: int) -> AsyncIterator[PythonProcess]:
+    with PythonProcess(RAW_GRPC_IDLE, args=(str(port), str(count)), name="raw-grpc-idle") as process:
+        process.start()
+        await _wait_line(process, f"{count} idle streams ready")
         yield process
         process.terminate()

@@ -372,6 +372,16 @@ async def idle_memory(budget: Budget, transports: Sequence[str], nats_url: str |
                 after = psutil.Process(gateway.pid).memory_info().rss
         per_node[transport] = (after - before) / KIB / budget.idle_nodes
         print(f"{'EasyRemote ' + transport + ' gateway':<46} {per_node[transport]:>10.1f} KiB/node", flush=True)
+    async with _peers.raw_grpc_server() as (port, pid):
+        async with _peers.raw_grpc_idle(port, 2):
+            await anyio.sleep(0.5)
+        before = psutil.Process(pid).memory_info().rss
+        async with _peers.raw_grpc_idle(port, budget.idle_nodes):
+            await anyio.sleep(1.0)
+            after = psutil.Process(pid).memory_info().rss
+    per_node["raw grpc"] = (after - before) / KIB / budget.idle_nodes
+    print(f"{'raw grpc.aio server, one idle bidi stream each':<46} {per_node['raw grpc']:>10.1f} KiB/client",
+          flush=True)
     if nats_url is not None and nats_pid is not None:
         before = psutil.Process(nats_pid).memory_info().rss
         async with _peers.nats_idle(nats_url, budget.idle_nodes):

@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 import anyio
 
 from easyremote_core import EasyRemoteError, get_plugin_manager
+from easyremote_core._backend import limit_malloc_arenas
 from easyremote_core._backend import run as run_loop
 from easyremote_core._client import Client
 from easyremote_core._errors import (
@@ -183,6 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _gateway(options: argparse.Namespace) -> int:
+    limit_malloc_arenas()  # before gRPC's threads allocate: less memory per connected node
     tls = None
     if options.tls_cert or options.tls_key:
         if not (options.tls_cert and options.tls_key):

@@ -5,8 +5,7 @@ from __future__ import annotations
 import logging
 import math
 
-import anyio
-
+from ._backend import clock, sleeper
 from ._errors import ConfigurationError
 from ._logs import capped
 from ._probes import HealthProbe, LinkDead, LinkHealth
@@ -34,15 +33,16 @@ class HeartbeatProbe(HealthProbe):
         timeout = link.heartbeat_timeout
         if not (math.isfinite(timeout) and timeout > 0):
             raise ConfigurationError(f"heartbeat_timeout ({timeout}) must be a finite number greater than 0")
-        started = anyio.current_time()
+        now, sleep = clock(), sleeper()  # a gateway has one of these asleep per link
+        started = now()
         last = link.last_received or started
         while True:
-            await anyio.sleep_until(last + timeout)
+            await sleep(max(0.0, last + timeout - now()))
             latest = link.last_received or started
             if latest != last:  # a frame arrived: re-arm to the new deadline
                 last = latest
                 continue
-            elapsed = anyio.current_time() - last
+            elapsed = now() - last
             if link.many_peers:
                 logger.warning("Heartbeat timeout: %.1fs > %gs (%s)", elapsed, timeout, link.peer_name)
             else:

@@ -9,7 +9,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import anyio
-from anyio.abc import TaskGroup
 
 from ._backend import TaskSet, clock
 from ._connection import Connection, ConnectionAttribute
@@ -77,7 +76,7 @@ class Link:
         # The outbox, for a connection that does not queue frames itself.
         self._outbox_in, self._outbox = (anyio.create_memory_object_stream[bytes](math.inf)
                                          if self._send_nowait is None else _NO_OUTBOX)
-        self._task_group: TaskGroup | None = None
+        self._scope: anyio.CancelScope | None = None  # the link's, while it runs
         self._tasks = TaskSet(self._task_failed)  # what start_soon runs
         self._heartbeat_seq = 0
         self.last_received_wall = time.time()  # wall clock of the last frame, for people reading status
@@ -157,14 +156,8 @@ class Link:
     async def run(self) -> str:
         """Run until the link ends (peer closed, broke, a probe declared it dead, or ``close``)."""
         try:
-            async with anyio.create_task_group() as tg:
-                self._task_group = tg
-                if self._send_nowait is None:
-                    tg.start_soon(self._sender)
-                if self._send_heartbeats:
-                    tg.start_soon(self._heartbeats)
-                for probe in self._probes:
-                    tg.start_soon(self._watch, probe)
+            with anyio.CancelScope() as scope:  # cancelled when the link ends
+                self._scope = scope
                 # The receiver runs in this task: a gateway with many links keeps a task less per link.
                 await self._tasks.own(self._receiver)
         finally:
@@ -190,12 +183,12 @@ class Link:
         self._orderly = True
         if not self.end_reason:
             self.end_reason = reason
-        tg = self._task_group
-        if self._send_nowait is not None or tg is None or tg.cancel_scope.cancel_called or self.ended.is_set():
+        scope = self._scope
+        if self._send_nowait is not None or scope is None or scope.cancel_called or self.ended.is_set():
             self._end(reason)  # a connection that queues frames itself writes them in its aclose()
             return
         self._outbox_in.close()  # the sender ends the link once it has written what is queued
-        tg.start_soon(self._end_after, CLOSE_FLUSH_TIMEOUT, reason)
+        self._tasks.start_soon(self._end_after, CLOSE_FLUSH_TIMEOUT, reason)
 
     async def _end_after(self, delay: float, reason: str) -> None:
         await anyio.sleep(delay)
@@ -204,8 +197,8 @@ class Link:
     def _end(self, reason: str) -> None:
         if not self.end_reason:
             self.end_reason = reason
-        if self._task_group is not None:
-            self._task_group.cancel_scope.cancel()
+        if self._scope is not None:
+            self._scope.cancel()
 
     async def _sender(self) -> None:
         outbox = self._outbox
@@ -242,6 +235,14 @@ class Link:
             logger.error("Dropped a frame to %s: %s", self.health.peer_name, exc)
 
     async def _receiver(self) -> None:
+        # The sender, heartbeats and probes are the link's own tasks, like the calls of a
+        # node: a task group's cost a gateway ~2 KiB more per link each.
+        if self._send_nowait is None:
+            self._tasks.start_soon(self._sender)
+        if self._send_heartbeats:
+            self._tasks.start_soon(self._heartbeats)
+        for probe in self._probes:
+            self._tasks.start_soon(self._watch, probe)
         health = self.health
         now = clock()
         try:

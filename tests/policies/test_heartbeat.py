@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 
 import anyio
 import pytest
@@ -13,6 +13,7 @@ from trio.testing import MockClock
 
 import easyremote_core._heartbeat as heartbeat_module
 from easyremote_core import LinkDead, LinkHealth, get_plugin_manager
+from easyremote_core._backend import sleeper
 
 pytestmark = pytest.mark.anyio
 
@@ -152,17 +153,19 @@ async def test_a_frame_just_before_the_deadline_rearms_it(slack: float) -> None:
 
 
 class SleepCounter:
-    """Wraps the anyio module the probe sees, counting its sleeps."""
+    """Stands in for the probe's ``sleeper()``: the event loop's sleep, counting the sleeps."""
 
     def __init__(self) -> None:
         self.sleeps = 0
 
-    def __getattr__(self, name: str) -> object:
-        return getattr(anyio, name)
+    def __call__(self) -> Callable[[float], Awaitable[None]]:
+        sleep = sleeper()
 
-    async def sleep_until(self, deadline: float) -> None:
-        self.sleeps += 1
-        await anyio.sleep_until(deadline)
+        async def counted(seconds: float) -> None:
+            self.sleeps += 1
+            await sleep(seconds)
+
+        return counted
 
 
 @pytest.mark.timeout(10)
@@ -172,7 +175,7 @@ async def test_guide_settings_in_virtual_time_wake_about_once_per_timeout(
 ) -> None:
     # Virtual time (trio's MockClock) so the guide's 5 s heartbeat / 15 s timeout run in milliseconds.
     counter = SleepCounter()
-    monkeypatch.setattr(heartbeat_module, "anyio", counter)
+    monkeypatch.setattr(heartbeat_module, "sleeper", counter)
     link = make_link(timeout=15.0)
 
     async def feed_then_fall_silent() -> None:
