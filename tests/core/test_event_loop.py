@@ -36,3 +36,20 @@ def test_a_bad_event_loop_setting_names_itself() -> None:
     out = subprocess.run([sys.executable, "-c", _WHICH_LOOP], env=env, capture_output=True, text=True, timeout=30)
     assert out.returncode != 0
     assert "EASYREMOTE_EVENT_LOOP='tokio': must be asyncio or uvloop" in out.stderr
+
+
+_LIMIT_ARENAS = "from easyremote_core._backend import limit_malloc_arenas; print(limit_malloc_arenas())"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or not os.confstr("CS_GNU_LIBC_VERSION"),
+                    reason="malloc arenas are glibc's")
+@pytest.mark.parametrize(("user_setting", "capped"), [("", "True"), ("4", "False")])
+def test_the_cli_gateway_caps_malloc_arenas_unless_the_user_chose(user_setting: str, capped: str) -> None:
+    # The CLI gateway calls it first thing: gRPC's threads otherwise spread each connection's
+    # allocations over up to 8 arenas per core.
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
+    if user_setting:
+        env["MALLOC_ARENA_MAX"] = user_setting
+    out = subprocess.run([sys.executable, "-c", _LIMIT_ARENAS], env=env, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == capped
