@@ -54,6 +54,9 @@ class Registry:
         self.nodes: dict[str, NodeSession] = {}
         # function -> the current sessions that serve it, so routing a call looks only at those
         self._serving: dict[str, dict[str, NodeSession]] = {}
+        # function -> its ready nodes, as a list the routing policy picks from; made again
+        # after any change of a node's state (rare beside calls), so a call costs O(1)
+        self._ready: dict[str, list[NodeSession]] = {}
         self._changed = anyio.Event()
 
     # -- changes --------------------------------------------------------------------------
@@ -63,6 +66,7 @@ class Registry:
         await self._changed.wait()
 
     def changed(self) -> None:
+        self._ready.clear()
         self._changed.set()
         self._changed = anyio.Event()
 
@@ -70,11 +74,20 @@ class Registry:
         """The current sessions that registered ``function``."""
         return self._serving.get(function, _NONE).values()
 
+    def ready_serving(self, function: str) -> list[NodeSession]:
+        """The current sessions that serve ``function`` and are ready (registered, connected, staying)."""
+        ready = self._ready.get(function)
+        if ready is None:
+            ready = self._ready[function] = [s for s in self.serving(function) if s.ready]
+        return ready
+
     def _index(self, session: NodeSession) -> None:
+        self._ready.clear()
         for name in session.functions:
             self._serving.setdefault(name, {})[session.node_id] = session
 
     def _unindex(self, session: NodeSession) -> None:
+        self._ready.clear()
         for name in session.functions:
             sessions = self._serving.get(name)
             if sessions is not None and sessions.get(session.node_id) is session:
@@ -158,6 +171,7 @@ class Registry:
         if session.leaving:
             return
         session.leaving = reason[:200] or "stopped"
+        self._ready.clear()
         if session.calls:
             logger.info("Node %s is leaving (%s); waiting for its %d running call(s)",
                         session.node_id, session.leaving, len(session.calls))
@@ -188,6 +202,7 @@ class Registry:
             return
         if current:
             session.lost_at = anyio.current_time()
+            self._ready.clear()
             logger.warning("Node %s lost: %s", session.node_id, reason)
             self._notify("easyremote_node_lost", node_id=session.node_id, reason=reason)
             self._spawn(self._forget_later, session)
@@ -206,6 +221,7 @@ class Registry:
     def clear(self) -> None:
         self.nodes.clear()
         self._serving.clear()
+        self._ready.clear()
 
     # -- queries --------------------------------------------------------------------------
 

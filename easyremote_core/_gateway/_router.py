@@ -55,6 +55,14 @@ class Router:
                 return Refused(ErrorCode.CODE_NO_NODE, f"node {node_id!r} does not serve {function!r}")
             candidates: Collection[NodeSession] = (node,)
         else:
+            # O(1) when it can: the policy picks among the ready nodes, kept as a list between
+            # changes of node state; only if the node it picks has a full queue are the others
+            # looked at, to ask again among those with room.
+            ready_nodes = self.registry.ready_serving(function)
+            if ready_nodes:
+                chosen = self.policy.choose(function, ready_nodes) if len(ready_nodes) > 1 else ready_nodes[0]
+                if len(chosen.calls) < chosen.max_queue_size:  # type: ignore[attr-defined]
+                    return Routed(chosen)  # type: ignore[arg-type]
             candidates = self.registry.serving(function)  # an index: the other nodes cost nothing
         if not candidates:
             return Wait() if self._fresh() else Refused(ErrorCode.CODE_NO_NODE, f"no node serves {function!r}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from types import SimpleNamespace
 
 import anyio
@@ -10,8 +11,9 @@ import pytest
 from easyremote_core._gateway._registry import Registry
 from easyremote_core._gateway._router import Refused, Routed, Router, Wait
 from easyremote_core._gateway._sessions import NodeSession
+from easyremote_core._plugins import get_plugin_manager
 from easyremote_core._protocol import ErrorCode, pb
-from easyremote_core._routing import RoutingPolicy
+from easyremote_core._routing import LeastLoaded, RoutingPolicy
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(10)]
 
@@ -59,12 +61,64 @@ async def test_one_ready_node_is_chosen_without_asking_the_policy() -> None:
     assert policy.asked == []
 
 
-async def test_the_policy_chooses_among_ready_nodes_with_room_only() -> None:
+async def test_the_policy_chooses_among_ready_nodes_and_again_among_those_with_room() -> None:
     r, policy = router(node("a", "f"), node("b", "f", in_flight=10), node("c", "f"), node("d", "f", lost=True),
                        node("e", "f", leaving="stopping"))
     route = r.route("f")
     assert isinstance(route, Routed) and route.node.node_id == "c"
-    assert policy.asked == [["a", "c"]]
+    assert policy.asked == [["a", "b", "c"]]  # c has room: one question
+    r, policy = router(node("a", "f"), node("c", "f"), node("b", "f", in_flight=10))
+    route = r.route("f")  # the policy picks the last: b, whose queue is full
+    assert isinstance(route, Routed) and route.node.node_id == "c"
+    assert policy.asked == [["a", "c", "b"], ["a", "c"]]
+
+
+class Counted(list):  # type: ignore[type-arg]
+    """A candidate list that counts how many nodes a policy looked at."""
+
+    looked = 0
+
+    def __getitem__(self, index):  # type: ignore[no-untyped-def]
+        Counted.looked += 1
+        return super().__getitem__(index)
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        for item in super().__iter__():
+            Counted.looked += 1
+            yield item
+
+
+@pytest.mark.parametrize("policy_name", ["least-loaded", "round-robin", "random"])
+async def test_the_shipped_policies_look_at_two_nodes_at_most_of_a_thousand(policy_name: str) -> None:
+    policy = get_plugin_manager().routing_policy(policy_name)
+    nodes = [node(f"n{i}", "f", in_flight=i % 3) for i in range(1000)]
+    candidates = Counted(nodes)
+    Counted.looked = 0
+    chosen = [policy.choose("f", candidates) for _ in range(100)]
+    assert Counted.looked <= 200
+    assert {id(n) for n in chosen} <= {id(n) for n in nodes}
+
+
+async def test_least_loaded_keeps_a_hundred_nodes_within_a_few_calls_of_each_other() -> None:
+    nodes = [node(f"n{i}", "f", queue=10_000) for i in range(100)]
+    r = Router(router(*nodes)[0].registry, LeastLoaded(random.Random(7)))
+    for i in range(2000):  # calls that stay in flight: each routed to the node least loaded of two
+        route = r.route("f")
+        assert isinstance(route, Routed)
+        route.node.calls[str(i)] = None  # type: ignore[assignment]
+    loads = [len(n.calls) for n in nodes]
+    assert sum(loads) == 2000 and max(loads) - min(loads) <= 5, loads
+
+
+async def test_the_ready_list_is_made_once_between_changes_of_node_state() -> None:
+    r, _ = router(node("a", "f"), node("b", "f"), node("c", "f", lost=True))
+    registry = r.registry
+    ready = registry.ready_serving("f")
+    assert [n.node_id for n in ready] == ["a", "b"]
+    r.route("f")
+    assert registry.ready_serving("f") is ready  # calls do not make it again
+    registry.goodbye(registry.nodes["a"], "stopping")
+    assert [n.node_id for n in registry.ready_serving("f")] == ["b"]
 
 
 async def test_no_node_serving_the_function_is_an_error_unless_the_gateway_just_started() -> None:
