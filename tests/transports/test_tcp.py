@@ -367,6 +367,24 @@ async def test_frames_for_a_slow_reader_wait_uncopied_and_arrive_in_order(anyio_
     assert received == frames
 
 
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_burst_of_frames_starts_leaving_before_the_turn_of_the_loop_ends(anyio_backend: str) -> None:
+    # 40 frames queued at once (a gateway forwarding 40 calls it read together) go out in
+    # parts of 16 as they are queued, so the peer starts on the first ones while this side
+    # handles the rest; only the last part waits for the end of the loop's turn.
+    frames = [bytes([i]) * 100 for i in range(40)]
+    with anyio.fail_after(TIMEOUT):
+        async with serving(echo) as (transport, port):
+            async with await transport.connect(Address(LOCAL, port), LinkOptions()) as conn:
+                send_nowait = conn.extra(ConnectionAttribute.send_nowait)
+                buffered = conn.extra(ConnectionAttribute.buffered_bytes)
+                for frame in frames:
+                    send_nowait(frame)
+                assert buffered() == 8 * 104  # 32 frames (with their 4-byte headers) already in the kernel
+                assert [await conn.receive() for _ in frames] == frames
+                assert buffered() == 0
+
+
 async def test_a_receiver_that_falls_behind_pauses_the_peer_and_gets_everything() -> None:
     # Frames read and not taken stop the reading at a few megabytes (the sender waits, through
     # TCP); taking them starts it again, also when what is buffered is only part of a frame.

@@ -27,6 +27,12 @@ from ._wire import _COALESCE_LIMIT, _HEADER, GREETING, GREETING_CUT, FrameParser
 
 _READ_AHEAD = 4 * 1024 * 1024  # bytes read and not yet taken as frames before reading pauses
 _CLOSE_LINGER = 1.0  # seconds an orderly close waits for the peer's own close
+# Frames queued in one turn of the loop go out together at its end, or as soon as this many
+# wait: a burst (32 calls read at once, say) then reaches the peer in parts, and the peer
+# starts on the first part while this side handles the rest. Written only at the end of the
+# turn, a burst crossed gateway and node whole, each process idle while another worked
+# (3,800 calls/s at 32 callers on 2 cores with one core idle; 5,500-6,100 with parts of 16).
+_FLUSH_FRAMES = 16
 
 
 class LoopConnection(FrameParser, Connection, asyncio.Protocol):
@@ -213,6 +219,9 @@ class LoopConnection(FrameParser, Connection, asyncio.Protocol):
         self._backlog.append(_HEADER.pack(len(frame)))
         self._backlog.append(frame)
         self._backlog_bytes += _HEADER.size + len(frame)
+        if len(self._backlog) >= 2 * _FLUSH_FRAMES and not self._write_paused:  # a header and a frame each
+            self._write_out()
+            return
         if not self._flush_scheduled and not self._write_paused:
             self._flush_scheduled = True  # what this turn of the loop queues goes out together
             self._loop.call_soon(self._flush)
