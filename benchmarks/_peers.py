@@ -134,6 +134,38 @@ async def main():
 asyncio.run(main())
 """
 
+# A grpc.aio relay: each PingPong stream a client opens is forwarded, message by message, over a
+# stream of its own to the raw echo server (argv[1] is its port). An EasyRemote call crosses two
+# links through a process in the middle; this is that, with nothing else.
+RAW_GRPC_RELAY = """
+import asyncio, sys
+import grpc
+
+LIMIT = 64 * 1024 * 1024
+
+async def main():
+    options = [("grpc.max_receive_message_length", LIMIT), ("grpc.max_send_message_length", LIMIT)]
+    upstream = grpc.aio.insecure_channel(f"127.0.0.1:{sys.argv[1]}", options=options)
+
+    async def relay(requests, context):
+        call = upstream.stream_stream("/bench.Echo/PingPong")()
+        while (message := await context.read()) is not grpc.aio.EOF:
+            await call.write(message)
+            await context.write(await call.read())
+        call.cancel()
+
+    server = grpc.aio.server(options=options)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("bench.Echo", {
+        "PingPong": grpc.stream_stream_rpc_method_handler(relay),
+    }),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    print(f"raw grpc relay listening on {port}", flush=True)
+    await server.wait_for_termination()
+
+asyncio.run(main())
+"""
+
 # N idle nats-py connections with one subscription each: what an idle node costs nats-server.
 NATS_IDLE = """
 import asyncio, sys
@@ -204,6 +236,16 @@ async def raw_grpc_server() -> AsyncIterator[tuple[int, int]]:
     with PythonProcess(RAW_GRPC_SERVER, name="raw-grpc") as process:
         process.start()
         port = int((await _wait_line(process, "raw grpc echo listening on")).rsplit(" ", 1)[1])
+        yield port, process.pid
+        process.terminate()
+
+
+@asynccontextmanager
+async def raw_grpc_relay(server_port: int) -> AsyncIterator[tuple[int, int]]:
+    """Yields (port, pid) of a relay in front of the raw echo server."""
+    with PythonProcess(RAW_GRPC_RELAY, args=(str(server_port),), name="raw-grpc-relay") as process:
+        process.start()
+        port = int((await _wait_line(process, "raw grpc relay listening on")).rsplit(" ", 1)[1])
         yield port, process.pid
         process.terminate()
 

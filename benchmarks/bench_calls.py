@@ -223,13 +223,15 @@ def easyremote_contender(name: str, client: AsyncClient, pids: dict[str, int], f
 
 
 @asynccontextmanager
-async def raw_grpc() -> AsyncIterator[tuple[Contender, Contender, Callable[[bytes], Contender]]]:
+async def raw_grpc() -> AsyncIterator[tuple[Contender, Contender, Contender, Callable[[bytes], Contender]]]:
+    """Raw grpc.aio unary, bidi ping-pong, and bidi ping-pong through a relay process."""
     import grpc.aio
 
-    async with _peers.raw_grpc_server() as (port, pid):
+    async with _peers.raw_grpc_server() as (port, pid), _peers.raw_grpc_relay(port) as (relay_port, relay_pid):
         limit = [("grpc.max_receive_message_length", _peers.MAX_MESSAGE),
                  ("grpc.max_send_message_length", _peers.MAX_MESSAGE)]
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=limit) as channel:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=limit) as channel, \
+                grpc.aio.insecure_channel(f"127.0.0.1:{relay_port}", options=limit) as relay_channel:
             unary = channel.unary_unary("/bench.Echo/Echo")
             streams: list[grpc.aio.StreamStreamCall] = []
 
@@ -239,18 +241,23 @@ async def raw_grpc() -> AsyncIterator[tuple[Contender, Contender, Callable[[byte
 
                 return Contender(f"raw gRPC unary {len(payload)} B", _shared(call), {"server": pid})
 
-            async def bidi_caller() -> Call:
-                stream = channel.stream_stream("/bench.Echo/PingPong")()
-                streams.append(stream)
+            def bidi_caller(on: grpc.aio.Channel) -> Callable[[], Awaitable[Call]]:
+                async def caller() -> Call:
+                    stream = on.stream_stream("/bench.Echo/PingPong")()
+                    streams.append(stream)
 
-                async def call() -> object:
-                    await stream.write(SMALL)
-                    return await stream.read()
+                    async def call() -> object:
+                        await stream.write(SMALL)
+                        return await stream.read()
 
-                return call
+                    return call
+
+                return caller
 
             try:
-                yield (unary_with(SMALL), Contender("raw gRPC bidi", bidi_caller, {"server": pid}), unary_with)
+                yield (unary_with(SMALL), Contender("raw gRPC bidi", bidi_caller(channel), {"server": pid}),
+                       Contender("raw gRPC relay", bidi_caller(relay_channel), {"relay": relay_pid, "server": pid}),
+                       unary_with)
             finally:
                 for stream in streams:
                     stream.cancel()
@@ -288,6 +295,7 @@ HEADLINE = [  # key, label
     ("tcp-sync", "EasyRemote tcp, def"),
     ("raw-unary", "raw gRPC unary"),
     ("raw-bidi", "raw gRPC bidi stream"),
+    ("raw-relay", "raw gRPC bidi through a relay"),
     ("nats", "NATS request/reply"),
 ]
 
@@ -422,6 +430,7 @@ def _ratio(a: Series | None, b: Series | None, value: Callable[[Window], float])
 def summary(results: Results, memory: dict[str, float], budget: Budget, transports: Sequence[str]) -> None:
     get = results.get
     targets: list[Target] = []
+    relay_floor: float | None = None
     for transport, versus_nats, seq_nats in (("tcp", 0.5, 1.5), ("grpc", 0.35, 2.0)):
         if transport not in transports:
             continue
@@ -433,6 +442,8 @@ def summary(results: Results, memory: dict[str, float], budget: Budget, transpor
     if "grpc" in transports:
         targets.append(Target("grpc: sequential p50 ÷ raw gRPC unary",
                               _ratio(get("grpc-async seq"), get("raw-unary seq"), p50), 1.6, at_most=True))
+        # Not a target: what the two links of a call cost on grpc.aio with nothing else.
+        relay_floor = _ratio(get("raw-relay seq"), get("raw-unary seq"), p50)
     for transport in transports:
         targets.append(Target(f"{transport}: def ÷ async def, {CALLERS} callers",
                               _ratio(get(f"{transport}-sync x{CALLERS}"), get(f"{transport}-async x{CALLERS}"),
@@ -468,6 +479,10 @@ def summary(results: Results, memory: dict[str, float], budget: Budget, transpor
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip(), flush=True)
         if index == 0:
             print("  ".join("-" * width for width in widths), flush=True)
+    if relay_floor is not None:
+        nats_floor = _ratio(get("raw-relay seq"), get("nats seq"), p50)
+        print(f"floor: raw gRPC bidi through a relay (two grpc.aio links, nothing else), sequential p50 = "
+              f"{relay_floor:.2f}x raw gRPC unary" + (f", {nats_floor:.2f}x NATS" if nats_floor else ""), flush=True)
     if usable_cores() != 2:
         print(f"(the targets are set for 2 cores; {usable_cores()} are usable here)", flush=True)
 
@@ -487,9 +502,9 @@ async def run(options: argparse.Namespace) -> None:
     print(f"EasyRemote call benchmark ({options.budget}): {machine()}", flush=True)
     results = Results()
     async with AsyncExitStack() as stack:
-        unary, bidi, unary_with = await stack.enter_async_context(raw_grpc())
+        unary, bidi, relay, unary_with = await stack.enter_async_context(raw_grpc())
         nats = await stack.enter_async_context(nats_peer())
-        contenders: dict[str, Contender] = {"raw-unary": unary, "raw-bidi": bidi}
+        contenders: dict[str, Contender] = {"raw-unary": unary, "raw-bidi": bidi, "raw-relay": relay}
         payload_contenders: dict[str, Callable[[bytes], Contender]] = {"raw gRPC unary": unary_with}
         caller_contenders: dict[str, Contender] = {}
         for transport in transports:

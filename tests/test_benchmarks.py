@@ -11,7 +11,7 @@ import pytest
 BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_calls.py"
 
 CONTENDERS = ["EasyRemote grpc, async def", "EasyRemote grpc, def", "EasyRemote tcp, async def", "EasyRemote tcp, def",
-              "raw gRPC unary", "raw gRPC bidi stream", "NATS request/reply"]
+              "raw gRPC unary", "raw gRPC bidi stream", "raw gRPC bidi through a relay", "NATS request/reply"]
 EXPECTED_LINES = [
     *(f"{name}, sequential p50" for name in CONTENDERS),
     *(f"{name}, 32 callers" for name in CONTENDERS),
@@ -19,7 +19,8 @@ EXPECTED_LINES = [
     *(f"{name}, 1 KB" for name in ("raw gRPC unary", "EasyRemote grpc", "EasyRemote tcp", "NATS")),
     *(f"{name}, 8 callers" for name in ("EasyRemote grpc", "EasyRemote tcp", "NATS")),
     *(f"EasyRemote {transport}, {count} node(s)" for transport in ("grpc", "tcp") for count in (1, 3)),
-    "EasyRemote grpc gateway", "EasyRemote tcp gateway", "nats-server",
+    "EasyRemote grpc gateway", "EasyRemote tcp gateway", "raw grpc.aio server, one idle bidi stream each",
+    "nats-server",
     "Summary (medians of 2 interleaved rounds)",
     "machine: ",
     *(f"{transport}: {what}" for transport in ("grpc", "tcp")
@@ -27,6 +28,7 @@ EXPECTED_LINES = [
                    "1 MB payload MB/s ÷ raw gRPC unary", "3 nodes ÷ 1 node", "CPU per call, 3 processes",
                    "gateway memory per idle node")),
     "grpc: sequential p50 ÷ raw gRPC unary",
+    "floor: raw gRPC bidi through a relay",
 ]
 
 
