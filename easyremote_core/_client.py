@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import itertools
 import logging
@@ -10,17 +11,18 @@ import secrets
 import threading
 import uuid
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import anyio
 import anyio.abc
 import anyio.from_thread
+import sniffio
 from anyio.streams.memory import MemoryObjectSendStream
 
 from ._address import parse_address
-from ._backend import HostTask
+from ._backend import HostTask, clock
 from ._backend import run as run_loop
 from ._config import LinkSettings, number, whole
 from ._errors import (
@@ -62,39 +64,72 @@ class _LinkLost:
         self.reason = reason
 
 
+#: What ``_Answers.receive`` returns once the call's deadline has passed.
+_TIMED_OUT = object()
+
+
 class _Answers:
     """What arrives for one call, in order: (envelope, attachment) pairs, or ``_LinkLost``.
 
-    One reader, who waits only when nothing is there (a memory object stream would also
-    yield to the event loop on every receive, and costs more to make, once per call).
+    One reader, who waits only when nothing is there, until the call's deadline. On asyncio
+    it waits on a future with a timer of the loop's (``call_at``): a cancel scope and an
+    ``anyio.Event`` per wait cost a call several times as much (each looks up the running
+    loop and the current task, which on Python 3.11 is a ``getpid`` system call each).
     """
 
-    __slots__ = ("_items", "_waiter", "_closed")
+    __slots__ = ("_items", "_loop", "_waiter", "_closed")
 
-    def __init__(self) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop | None) -> None:
         self._items: deque[Any] = deque()
-        self._waiter: anyio.Event | None = None
+        self._loop = loop  # None: not asyncio (trio)
+        self._waiter: asyncio.Future[Any] | anyio.Event | None = None
         self._closed = False
 
     def send_nowait(self, item: Any) -> None:
         if self._closed:
             return
         self._items.append(item)
-        if self._waiter is not None:
-            self._waiter.set()
+        waiter = self._waiter
+        if waiter is None:
+            return
+        if isinstance(waiter, anyio.Event):
+            waiter.set()
+        elif not waiter.done():
+            waiter.set_result(None)
 
-    async def receive(self) -> Any:
+    async def receive(self, deadline: float) -> Any:
+        """The next answer, or ``_TIMED_OUT`` once the loop's clock reaches ``deadline``."""
+        loop = self._loop
         while not self._items:
-            self._waiter = anyio.Event()
+            if loop is None:
+                event = self._waiter = anyio.Event()
+                try:
+                    with anyio.move_on_after(deadline - anyio.current_time()):
+                        await event.wait()
+                finally:
+                    self._waiter = None
+                if not self._items and anyio.current_time() >= deadline:
+                    return _TIMED_OUT
+                continue
+            waiter = self._waiter = loop.create_future()
+            timer = loop.call_at(deadline, _time_out, waiter)
             try:
-                await self._waiter.wait()
+                woken_by = await waiter
             finally:
+                timer.cancel()
                 self._waiter = None
+            if woken_by is _TIMED_OUT and not self._items:
+                return _TIMED_OUT
         return self._items.popleft()
 
     def close(self) -> None:
         self._closed = True
         self._items.clear()
+
+
+def _time_out(waiter: asyncio.Future[Any]) -> None:
+    if not waiter.done():
+        waiter.set_result(_TIMED_OUT)
 
 
 @dataclass(eq=False)
@@ -150,6 +185,8 @@ class AsyncClient:
         self._call_numbers = itertools.count(1)
         self._queries: dict[str, MemoryObjectSendStream[pb.NodeList]] = {}
         self._supervisor: ConnectionSupervisor | None = None
+        self._now: Callable[[], float] = anyio.current_time  # the loop's clock, once started
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop, when it is asyncio's
         self._host: HostTask | None = None
         self._callbacks: list[StateCallback] = []
         #: Sent in every hello: the gateway lets only this client re-attach to or cancel its calls.
@@ -174,6 +211,8 @@ class AsyncClient:
         """
         if self._host is not None:
             return
+        self._now = clock()
+        self._loop = asyncio.get_running_loop() if sniffio.current_async_library() == "asyncio" else None
         self._supervisor = ConnectionSupervisor(
             role="client", address=self.address, transport=self._transport,
             link_options=LinkOptions(max_message_size=self.max_message_size,
@@ -296,6 +335,13 @@ class AsyncClient:
             raise RuntimeError("the client is not started: use 'async with AsyncClient(...)'")
         return await self._supervisor.wait_ready()
 
+    def _ready_link(self) -> Link | None:
+        """The link, if it is ready now (the usual case: a call waits for nothing)."""
+        supervisor = self._supervisor
+        if supervisor is None or supervisor.state is not ConnectionState.READY:
+            return None
+        return supervisor.link
+
     def _send(self, pending: _Pending, link: Link, remaining: float) -> None:
         pending.request.attempt += 1
         pending.request.timeout = remaining
@@ -377,13 +423,15 @@ class _RemoteCall:
     async def next_answer(self) -> tuple[pb.Envelope, Attachment | None]:
         """The next answer frame; raises ``CallTimeoutError`` or ``GatewayUnavailableError`` at the deadline."""
         if self._deadline is None:
-            self._deadline = anyio.current_time() + self._timeout
-            self._answers = _Answers()
+            client = self._client
+            if client._supervisor is None:
+                raise RuntimeError("the client is not started: use 'async with AsyncClient(...)'")
+            self._deadline = client._now() + self._timeout
+            self._answers = _Answers(client._loop)
             self._pending = _Pending(request=self._request, answers=self._answers, attachment=self._attachment)
-            self._client._pending[self._request.call_id] = self._pending
-        with anyio.move_on_after(self._deadline - anyio.current_time()) as timer:
-            answer = await self._answer()
-        if not timer.cancelled_caught:
+            client._pending[self._request.call_id] = self._pending
+        answer = await self._answer()
+        if answer is not _TIMED_OUT:
             return answer
         if self._pending is None or self._pending.link is None:  # never reached the gateway
             supervisor = self._client._supervisor
@@ -393,18 +441,22 @@ class _RemoteCall:
         self.finish("timed out")
         raise CallTimeoutError(f"{self._request.function} did not answer within {self._timeout:g} s")
 
-    async def _answer(self) -> tuple[pb.Envelope, Attachment | None]:
+    async def _answer(self) -> Any:
+        """The next answer, or ``_TIMED_OUT`` at the call's deadline."""
         assert self._pending is not None and self._deadline is not None
-        if self._pending.link is None:
-            await self._dispatch()
+        if self._pending.link is None and not await self._dispatch():
+            return _TIMED_OUT
         while True:
-            answer = await self._answers.receive()
+            answer = await self._answers.receive(self._deadline)
+            if answer is _TIMED_OUT:
+                return answer
             if isinstance(answer, _LinkLost):
                 if self._items:  # a stream cannot be resumed part-way
                     raise ConnectionLostError(f"the link to the gateway was lost mid-stream: {answer.reason}")
                 logger.info("Link lost during call %s of %r (%s); asking again after reconnecting",
                             self._request.call_id, self._request.function, answer.reason)
-                await self._dispatch()
+                if not await self._dispatch():
+                    return _TIMED_OUT
                 continue
             kind = answer[0].WhichOneof("body")
             if kind == "item":
@@ -413,10 +465,18 @@ class _RemoteCall:
                 self.answered = True
             return answer
 
-    async def _dispatch(self) -> None:
+    async def _dispatch(self) -> bool:
+        """Send the call once a link is ready; ``False`` if none is by the deadline."""
         assert self._pending is not None and self._deadline is not None
-        link = await self._client._link()
-        self._client._send(self._pending, link, max(self._deadline - anyio.current_time(), 0.001))
+        client = self._client
+        link = client._ready_link()
+        if link is None:
+            with anyio.move_on_after(self._deadline - client._now()):
+                link = await client._link()
+            if link is None:
+                return False
+        client._send(self._pending, link, max(self._deadline - client._now(), 0.001))
+        return True
 
     def finish(self, reason: str = "") -> None:
         """Forget the call; if it is still running remotely, ask the node to stop (``reason``)."""

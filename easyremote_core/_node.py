@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 import logging
@@ -12,7 +13,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar, overload
 
 import anyio
@@ -20,6 +21,7 @@ import anyio.abc
 import anyio.from_thread
 import anyio.lowlevel
 import anyio.to_thread
+import sniffio
 
 from ._address import parse_address
 from ._config import LinkSettings, number, whole
@@ -87,14 +89,27 @@ class NodeStatus:
 
 @dataclass
 class _Execution:
+    """One call running. On asyncio it runs as the loop's own task, cancelled with ``task.cancel()``
+    and timed out by a timer of the loop's; elsewhere in a cancel scope with the deadline."""
+
     function: str
     started: float
-    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)  # its deadline is the call's timeout
+    scope: anyio.CancelScope | None = None  # not asyncio: its deadline is the call's timeout
+    task: asyncio.Task[Any] | None = None  # asyncio: the task running the call, once it started
     cancelled: bool = False  # by the gateway's Cancel, a lost link or the drain, not by the timeout
+    timed_out: bool = False
 
     def cancel(self) -> None:
         self.cancelled = True
-        self.scope.cancel()
+        if self.task is not None:
+            self.task.cancel()
+        elif self.scope is not None:
+            self.scope.cancel()
+
+    def time_out(self) -> None:
+        self.timed_out = True
+        if self.task is not None and not self.cancelled:
+            self.task.cancel()
 
 
 class ComputeNode:
@@ -165,7 +180,7 @@ class ComputeNode:
         self._refusal: pb.Reject | None = None  # why the gateway refused the last registration
         # Diagnostics the reconnection guide shows (kept in step with the supervisor).
         self._active_executions: dict[str, _Execution] = {}
-        self._execution_tasks: dict[str, anyio.CancelScope] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop, when it is asyncio's (set by run)
 
     # -- registering ----------------------------------------------------------------------
 
@@ -280,6 +295,7 @@ class ComputeNode:
         for callback in self._state_callbacks:
             supervisor.on_state_change(callback)
         self._supervisor = supervisor
+        self._loop = asyncio.get_running_loop() if sniffio.current_async_library() == "asyncio" else None
         self._workers = WorkerPool(self.max_concurrency, f"easyremote-node-{self.node_id[:40]}")
         task_status.started()
         failure: EasyRemoteError | None = None
@@ -400,6 +416,11 @@ class ComputeNode:
                         f"{self._refusal.message or 'no reason given'}")
         logger.info("Registered to VPS successfully")
 
+    @property
+    def _execution_tasks(self) -> dict[str, object]:
+        """What runs each active call (its task, or its cancel scope off asyncio): the guide's diagnostics."""
+        return {call_id: execution.task or execution.scope for call_id, execution in self._active_executions.items()}
+
     def _on_link_lost(self, reason: str) -> None:
         self._last_error = reason
         for call_id, execution in list(self._active_executions.items()):
@@ -451,27 +472,47 @@ class ComputeNode:
                                   f"node {self.node_id} has {self.max_queue_size} calls queued or running "
                                   "(max_queue_size)", node_id=self.node_id))
             return
-        execution = _Execution(function=entry.name, started=time.time())
+        execution = _Execution(function=entry.name, started=time.time(),
+                               scope=None if self._loop is not None else anyio.CancelScope())
         self._active_executions[request.call_id] = execution
-        self._execution_tasks[request.call_id] = execution.scope
         link.start_soon(self._execute, link, entry, request, payload_of(request, attachment), execution)
 
     async def _execute(self, link: Link, entry: RegisteredFunction, request: pb.CallRequest, payload: Attachment,
                        execution: _Execution) -> None:
         call_id = request.call_id
         timeout = entry.timeout or self.execution_timeout
-        scope = execution.scope  # cancelled by the gateway's Cancel, a lost link or the drain; ends at the timeout
-        scope.deadline = anyio.current_time() + timeout
+        loop = self._loop
         try:
-            with scope:
-                await self._run_call(link, entry, request, payload)
-            if scope.cancelled_caught and not execution.cancelled:  # the deadline
+            if execution.cancelled:  # before it started
+                return
+            if loop is None:
+                scope = execution.scope  # cancelled by a Cancel, a lost link or the drain; ends at the timeout
+                assert scope is not None
+                scope.deadline = anyio.current_time() + timeout
+                with scope:
+                    await self._run_call(link, entry, request, payload)
+                timed_out = scope.cancelled_caught and not execution.cancelled
+            else:
+                # The loop's own task and timer: an anyio cancel scope with a deadline costs a
+                # call several times as much (it looks up the task and the loop at each step).
+                task = execution.task = asyncio.current_task()
+                assert task is not None
+                timer = loop.call_at(loop.time() + timeout, execution.time_out)
+                try:
+                    await self._run_call(link, entry, request, payload)
+                except asyncio.CancelledError:
+                    if not (execution.cancelled or execution.timed_out):
+                        raise  # the link's tasks are ending
+                    task.uncancel()
+                finally:
+                    timer.cancel()
+                timed_out = execution.timed_out and not execution.cancelled
+            if timed_out:
                 link.send(error_frame(call_id, ErrorCode.CODE_TIMEOUT,
                                       f"{entry.name} did not finish within {timeout:g} s and was cancelled",
                                       node_id=self.node_id))
         finally:
             self._active_executions.pop(call_id, None)
-            self._execution_tasks.pop(call_id, None)
             if self._idle is not None and not self._active_executions:
                 self._idle.set()
 
