@@ -44,6 +44,7 @@ class CallTable:
         self._notify = notify
         self._spawn = spawn
         self.calls: dict[str, Call] = {}
+        self.now: Callable[[], float] = anyio.current_time  # the loop's clock, set once serving (clock())
 
     # -- from clients ---------------------------------------------------------------------
 
@@ -82,7 +83,7 @@ class CallTable:
         # A call asked again (attempt > 1) that this gateway does not know was lost with the
         # link (or with a gateway restart); dispatch decides, once a node says whether the
         # function is idempotent, whether it may run again.
-        call = Call(request=request, client=client, started=anyio.current_time(), asked_again=request.attempt > 1,
+        call = Call(request=request, client=client, started=self.now(), asked_again=request.attempt > 1,
                     owner=(client.key, client.credential), caller=client, attachment=attachment, size=size)
         self.calls[request.call_id] = call
         client.calls[request.call_id] = call
@@ -251,7 +252,7 @@ class CallTable:
         outcome = "ok" if envelope.WhichOneof("body") != "error" else code_name(envelope.error.code)
         node_id = call.node.node_id if call.node is not None else envelope.error.node_id
         self._notify("easyremote_call_finished", call_id=call.request.call_id, function=call.request.function,
-                     node_id=node_id, outcome=outcome, duration=anyio.current_time() - call.started)
+                     node_id=node_id, outcome=outcome, duration=self.now() - call.started)
         if call.node is not None:
             call.node.calls.pop(call.request.call_id, None)
             self.registry.leave_when_idle(call.node)

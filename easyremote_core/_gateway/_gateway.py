@@ -15,6 +15,7 @@ import anyio.to_thread
 from anyio.abc import TaskGroup
 
 from .._address import parse_address
+from .._backend import clock
 from .._config import number, whole
 from .._errors import ConfigurationError, EasyRemoteError, ProtocolError
 from .._heartbeat import HeartbeatProbe
@@ -160,6 +161,7 @@ class Gateway(ServingLifecycle):
                     endpoints.append((self._resolve(extra.scheme), extra.host, extra.port))
                 self._transport = endpoints[0][0]
                 self._make_rooms()
+                self._call_table.now = clock()  # read twice per call: resolved once
                 self._listeners.extend(await open_listeners(stack, endpoints, options))
                 # Entered last, so it exits first: its tasks end before the listeners close.
                 self._task_group = await stack.enter_async_context(anyio.create_task_group())

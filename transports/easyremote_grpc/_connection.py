@@ -264,7 +264,7 @@ class GrpcConnection(Connection):
         while not received:  # a frame already delivered is taken without waiting (see the tcp transport)
             if self._end is not None:
                 raise self._end()
-            waits = self._receiver_waits = asyncio.get_running_loop().create_future()
+            waits = self._receiver_waits = (self._loop or asyncio.get_running_loop()).create_future()
             try:
                 await waits
             finally:
