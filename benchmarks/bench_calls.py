@@ -370,16 +370,20 @@ async def idle_memory(budget: Budget, transports: Sequence[str], nats_url: str |
     print(f"\n## Memory per idle node ({budget.idle_nodes} nodes)", flush=True)
     per_node: dict[str, float] = {}
     for transport in transports:
-        async with _peers.gateway(transport) as gateway:
-            address = f"{transport}://{gateway.address}"
-            async with _peers.nodes(address, 2, prefix="warm"):  # the first links load code and buffers
-                await anyio.sleep(0.5)
-            before = psutil.Process(gateway.pid).memory_info().rss
-            async with _peers.nodes(address, budget.idle_nodes, prefix="idle"):
-                await anyio.sleep(1.0)
-                after = psutil.Process(gateway.pid).memory_info().rss
-        per_node[transport] = (after - before) / KIB / budget.idle_nodes
-        print(f"{'EasyRemote ' + transport + ' gateway':<46} {per_node[transport]:>10.1f} KiB/node", flush=True)
+        rounds = []  # a fresh gateway each round: the allocator's arenas make one figure swing by KiB
+        for _ in range(budget.rounds):
+            async with _peers.gateway(transport) as gateway:
+                address = f"{transport}://{gateway.address}"
+                async with _peers.nodes(address, 2, prefix="warm"):  # the first links load code and buffers
+                    await anyio.sleep(0.5)
+                before = psutil.Process(gateway.pid).memory_info().rss
+                async with _peers.nodes(address, budget.idle_nodes, prefix="idle"):
+                    await anyio.sleep(1.0)
+                    after = psutil.Process(gateway.pid).memory_info().rss
+            rounds.append((after - before) / KIB / budget.idle_nodes)
+        per_node[transport] = statistics.median(rounds)
+        print(f"{'EasyRemote ' + transport + ' gateway':<46} {per_node[transport]:>10.1f} KiB/node"
+              f"   (spread {min(rounds):.1f}–{max(rounds):.1f}, {len(rounds)} rounds)", flush=True)
     async with _peers.raw_grpc_server() as (port, pid):
         async with _peers.raw_grpc_idle(port, 2):
             await anyio.sleep(0.5)

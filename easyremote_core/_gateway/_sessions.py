@@ -12,7 +12,7 @@ from .._protocol import Attachment, pb
 from ._identities import ANYONE, Credential
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Peer:
     """One connected node or client."""
 
@@ -28,7 +28,7 @@ class Peer:
     call_bytes: int = 0
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class NodeSession(Peer):
     node_id: str = ""
     functions: dict[str, pb.FunctionSpec] = field(default_factory=dict)
@@ -58,7 +58,7 @@ class NodeSession(Peer):
         return self.registered and self.lost_at is None and not self.leaving
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Call:
     request: pb.CallRequest
     client: Peer | None
