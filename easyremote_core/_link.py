@@ -14,6 +14,7 @@ from ._backend import TaskSet, clock
 from ._connection import Connection, ConnectionAttribute
 from ._errors import ConnectionLostError, EasyRemoteError, MessageTooLargeError, ProtocolError
 from ._flag import Flag
+from ._heartbeat import SilenceWatch
 from ._logs import Quieter, capped
 from ._probes import HealthProbe, LinkDead, LinkHealth
 from ._protocol import Attachment, decode_frame, encode, pb
@@ -49,6 +50,7 @@ class Link:
         max_buffer: float = math.inf,
         quiet: Quieter | None = None,
         on_end: Callable[[str], None] | None = None,
+        silence_watch: SilenceWatch | None = None,
     ) -> None:
         self.connection = connection
         self.health = LinkHealth(
@@ -63,6 +65,7 @@ class Link:
         self._on_frame = on_frame
         self._quiet = quiet  # a gateway's: what its peers cause is logged rate-limited
         self._probes = list(probes)
+        self._silence_watch = silence_watch  # shared by many links: their heartbeat timeout, without a task each
         self._send_heartbeats = send_heartbeats
         self._outbox_bytes = 0  # bytes in the outbox, not yet given to the connection
         self.max_buffer = max_buffer  # past this many bytes queued towards the peer, it is cut off
@@ -245,6 +248,7 @@ class Link:
             self._tasks.start_soon(self._watch, probe)
         health = self.health
         now = clock()
+        stop_watching = self._silence_watch.watch(health, self._end) if self._silence_watch is not None else None
         try:
             while True:
                 frame = await self.connection.receive()
@@ -273,6 +277,9 @@ class Link:
             self._end(f"protocol error: {exc}")
         except EasyRemoteError as exc:
             self._end(_describe(exc))
+        finally:
+            if stop_watching is not None:
+                stop_watching()
 
     async def _heartbeats(self) -> None:
         interval = self.health.heartbeat_interval

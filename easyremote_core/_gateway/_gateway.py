@@ -18,7 +18,7 @@ from .._address import parse_address
 from .._backend import clock
 from .._config import number, whole
 from .._errors import ConfigurationError, EasyRemoteError, ProtocolError
-from .._heartbeat import HeartbeatProbe
+from .._heartbeat import SilenceWatch
 from .._link import FrameHandler, Link
 from .._logs import Quieter, capped
 from .._plugins import PluginManager, get_plugin_manager
@@ -111,6 +111,7 @@ class Gateway(ServingLifecycle):
         self._listeners: list[tuple[str, str, Listener]] = []  # (transport name, host, listener)
         self._transport: Transport | None = None
         self._task_group: TaskGroup | None = None
+        self._silence = SilenceWatch()  # the heartbeat timeout of every link; its task runs while serving
 
     def _resolve_routing(self, choice: str | RoutingPolicy | None) -> RoutingPolicy:
         if isinstance(choice, RoutingPolicy):
@@ -165,6 +166,8 @@ class Gateway(ServingLifecycle):
                 self._listeners.extend(await open_listeners(stack, endpoints, options))
                 # Entered last, so it exits first: its tasks end before the listeners close.
                 self._task_group = await stack.enter_async_context(anyio.create_task_group())
+                self._silence = SilenceWatch()  # anew each start: links of a stopped run are gone
+                self._task_group.start_soon(self._silence.run)
                 for _, _, listener in self._listeners:
                     self._task_group.start_soon(listener.serve, self._handle_connection)
                 self._listener = self._listeners[0][2]
@@ -293,7 +296,8 @@ class Gateway(ServingLifecycle):
             heartbeat_interval=hello.heartbeat_interval or 5.0,
             heartbeat_timeout=timeout,
             health_check_interval=timeout,
-            probes=[HeartbeatProbe()],
+            probes=[],
+            silence_watch=self._silence,  # the heartbeat timeout of every link, in one task
             send_heartbeats=False,
             peer_name=name,
             many_peers=True,

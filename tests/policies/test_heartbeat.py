@@ -14,6 +14,7 @@ from trio.testing import MockClock
 import easyremote_core._heartbeat as heartbeat_module
 from easyremote_core import LinkDead, LinkHealth, get_plugin_manager
 from easyremote_core._backend import sleeper
+from easyremote_core._heartbeat import SilenceWatch
 
 pytestmark = pytest.mark.anyio
 
@@ -204,3 +205,47 @@ async def test_the_plugin_manager_builds_the_probe() -> None:
     assert isinstance(probe, HeartbeatProbe)
     with anyio.fail_after(TIMEOUT * 5), pytest.raises(LinkDead):
         await probe.watch(make_link())
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize("anyio_backend", [("trio", {"clock": MockClock(autojump_threshold=0)})])
+async def test_one_task_watches_a_thousand_links_and_ends_only_the_silent_one(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A gateway's SilenceWatch: the heartbeat probe's rule for every link, in virtual time.
+    watch = SilenceWatch()
+    links = [make_link(timeout=15.0) for _ in range(1000)]
+    for index, link in enumerate(links):
+        link.many_peers, link.peer_name = True, f"node n{index}"
+    dead: dict[int, tuple[str, float]] = {}
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(watch.run)
+        for index, link in enumerate(links):
+            watch.watch(link, lambda reason, i=index: dead.setdefault(i, (reason, anyio.current_time())))
+        silent = links[500]
+        for _ in range(12):  # 60 s of frames every 5 s from every link but one
+            await anyio.sleep(5.0)
+            for link in links:
+                if link is not silent:
+                    link.last_received = anyio.current_time()
+        tg.cancel_scope.cancel()
+    assert list(dead) == [500]
+    reason, at = dead[500]
+    assert reason == "Heartbeat timeout detected" and at - silent.last_received == pytest.approx(15.0)
+    assert list(heartbeat_warnings(caplog)) == ["Heartbeat timeout: 15.0s > 15s (node n500)"]
+
+
+@pytest.mark.timeout(10)
+async def test_links_that_end_are_never_declared_dead_and_do_not_pile_up() -> None:
+    watch = SilenceWatch()
+    dead: list[str] = []
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(watch.run)
+        for _ in range(10_000):  # peers that come and go, far faster than the timeout
+            stop = watch.watch(make_link(timeout=0.2), dead.append)
+            stop()
+        assert len(watch._heap) <= 200  # compacted as they end, not kept for a timeout each
+        assert watch.watched == 0
+        await anyio.sleep(0.4)
+        tg.cancel_scope.cancel()
+    assert dead == []
