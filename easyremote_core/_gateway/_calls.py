@@ -140,8 +140,12 @@ class CallTable:
         call.node = node
         call.deliveries += 1
         node.calls[request.call_id] = call
-        request.attempt = call.deliveries
-        node.link.send(pb.Envelope(call=request), call.attachment)  # the payload's bytes, untouched
+        frame = whole_frame(call.attachment) if call.attachment is not None else None
+        if frame is not None and request.attempt == call.deliveries:
+            node.link.send_frame(frame)  # the client's frame says it all: forwarded as it came, not copied
+        else:
+            request.attempt = call.deliveries
+            node.link.send(pb.Envelope(call=request), call.attachment)  # the payload's bytes, untouched
         self._notify("easyremote_call_started", call_id=request.call_id, function=request.function,
                      node_id=node.node_id)
 

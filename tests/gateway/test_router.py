@@ -8,11 +8,12 @@ from types import SimpleNamespace
 import anyio
 import pytest
 
+from easyremote_core._gateway._calls import CallTable
 from easyremote_core._gateway._registry import Registry
 from easyremote_core._gateway._router import Refused, Routed, Router, Wait
-from easyremote_core._gateway._sessions import NodeSession
+from easyremote_core._gateway._sessions import NodeSession, Peer
 from easyremote_core._plugins import get_plugin_manager
-from easyremote_core._protocol import ErrorCode, pb
+from easyremote_core._protocol import ErrorCode, decode_frame, encode, pb
 from easyremote_core._routing import LeastLoaded, RoutingPolicy
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(10)]
@@ -168,3 +169,42 @@ async def test_only_the_nodes_that_serve_the_function_are_looked_at() -> None:
     registry.connect(node("a", "h"))  # a new session of node a replaces the old one
     assert list(registry.serving("f")) == []
     assert sorted(n.node_id for n in registry.serving("h")) == ["a", "b"]
+
+
+class RecordingLink:
+    def __init__(self) -> None:
+        self.frames: list[bytes] = []
+        self.envelopes: list[pb.Envelope] = []
+
+    def send_frame(self, frame: bytes) -> None:
+        self.frames.append(frame)
+
+    def send(self, envelope: pb.Envelope, attachment: object = None) -> None:
+        self.envelopes.append(envelope)
+
+    def close(self, reason: str) -> None:
+        pass
+
+
+async def test_a_call_with_a_large_payload_is_forwarded_as_the_client_framed_it_not_copied() -> None:
+    worker = node("a", "f", queue=10)
+    worker.link = RecordingLink()  # type: ignore[assignment]
+    r, _ = router(worker)
+    table = CallTable(gateway_id="test", registry=r.registry, router=r, grace=1.0,
+                      notify=lambda *args, **kwargs: None, spawn=lambda *args: None)
+    client = Peer(link=RecordingLink(), peer="client", key=b"k")  # type: ignore[arg-type]
+    payload = b"p" * (1024 * 1024)  # travels attached, apart from the envelope
+    frame = encode(pb.Envelope(call=pb.CallRequest(call_id="c1", function="f", attempt=1)), payload)
+    envelope, attachment = decode_frame(frame)
+    table.accept(client, envelope.call, attachment)
+    assert worker.link.frames == [frame] and worker.link.frames[0] is frame  # type: ignore[attr-defined]
+    # Delivered again (its node was lost, the function is idempotent): the attempt changes, so
+    # the envelope is built anew around the same payload.
+    worker.functions["f"].idempotent = True
+    table.calls["c1"].idempotent = True
+    again = node("b", "f", queue=10)
+    again.link = RecordingLink()  # type: ignore[assignment]
+    r.registry.connect(again)
+    r.registry.register(again, pb.Register(functions=[pb.FunctionSpec(name="f")]))
+    table.node_lost(worker, "gone")
+    assert [e.call.attempt for e in again.link.envelopes] == [2]  # type: ignore[attr-defined]
