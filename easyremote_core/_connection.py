@@ -26,6 +26,13 @@ class ConnectionAttribute(TypedAttributeSet):
     #: ``buffered_bytes()``: bytes accepted by ``send_nowait`` and not yet written; the
     #: gateway cuts off a peer whose queue passes ``max_peer_buffer``.
     buffered_bytes: Callable[[], int] = typed_attribute()
+    #: ``deliver_frames(handler)``: from now on the connection calls ``handler(frame)`` with
+    #: each frame as it arrives, in order, on the event loop (from its read callback, not a
+    #: task), instead of keeping it for ``receive``; frames already received go to it at once.
+    #: ``receive`` then only waits for the end, and raises as it would. The handler must not
+    #: block; what it raises ends the delivery, and ``receive`` raises it. It saves a task
+    #: switch per frame: the task waiting in ``receive`` is not woken for each one.
+    deliver_frames: Callable[[Callable[[bytes], None]], None] = typed_attribute()
 
 
 class Connection(TypedAttributeProvider, ABC):

@@ -80,6 +80,7 @@ class Link:
         self._outbox_in, self._outbox = (anyio.create_memory_object_stream[bytes](math.inf)
                                          if self._send_nowait is None else _NO_OUTBOX)
         self._scope: anyio.CancelScope | None = None  # the link's, while it runs
+        self._now: Callable[[], float] = anyio.current_time  # the loop's clock, once running
         self._tasks = TaskSet(self._task_failed)  # what start_soon runs
         self._heartbeat_seq = 0
         self.last_received_wall = time.time()  # wall clock of the last frame, for people reading status
@@ -247,24 +248,14 @@ class Link:
         for probe in self._probes:
             self._tasks.start_soon(self._watch, probe)
         health = self.health
-        now = clock()
+        self._now = clock()
         stop_watching = self._silence_watch.watch(health, self._end) if self._silence_watch is not None else None
+        deliver = self.connection.extra(ConnectionAttribute.deliver_frames, None)
         try:
-            while True:
-                frame = await self.connection.receive()
-                health.last_received = now()
-                self.last_received_wall = time.time()
-                envelope, attachment = decode_frame(frame)
-                if envelope.WhichOneof("body") == "heartbeat":
-                    if not envelope.heartbeat.reply:
-                        self.send(pb.Envelope(heartbeat=pb.Heartbeat(seq=envelope.heartbeat.seq, reply=True)))
-                    continue
-                try:
-                    self._on_frame(envelope, attachment)
-                except EasyRemoteError:
-                    raise
-                except Exception:  # a bug in a frame handler must not take the link down
-                    logger.exception("error handling a %s frame", envelope.WhichOneof("body"))
+            if deliver is not None:  # the connection hands each frame to _frame as it arrives
+                deliver(self._frame)
+            while True:  # without it, or to learn how the link ended: receive raises then
+                self._frame(await self.connection.receive())
         except anyio.EndOfStream:
             self._orderly = True
             self._end("peer closed the connection")
@@ -280,6 +271,23 @@ class Link:
         finally:
             if stop_watching is not None:
                 stop_watching()
+
+    def _frame(self, frame: bytes) -> None:
+        """One frame from the peer: liveness, heartbeats answered here, the rest to ``on_frame``.
+        A malformed frame raises ``ProtocolError``, which ends the link."""
+        self.health.last_received = self._now()
+        self.last_received_wall = time.time()
+        envelope, attachment = decode_frame(frame)
+        if envelope.WhichOneof("body") == "heartbeat":
+            if not envelope.heartbeat.reply:
+                self.send(pb.Envelope(heartbeat=pb.Heartbeat(seq=envelope.heartbeat.seq, reply=True)))
+            return
+        try:
+            self._on_frame(envelope, attachment)
+        except EasyRemoteError:
+            raise
+        except Exception:  # a bug in a frame handler must not take the link down
+            logger.exception("error handling a %s frame", envelope.WhichOneof("body"))
 
     async def _heartbeats(self) -> None:
         interval = self.health.heartbeat_interval

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import math
 import sys
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -20,7 +21,8 @@ import anyio
 import pytest
 
 from .._address import Address
-from .._errors import ConnectionLostError, GatewayUnavailableError, MessageTooLargeError
+from .._connection import ConnectionAttribute
+from .._errors import ConnectionLostError, GatewayUnavailableError, MessageTooLargeError, ProtocolError
 from .._plugins import get_plugin_manager
 from .._transport import Connection, LinkOptions, Listener, Transport
 from .events import StateRecorder
@@ -218,6 +220,12 @@ def _bounded(test: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[No
     return run
 
 
+def _not_offered(attribute: str) -> None:
+    """An optional ability the connection does not offer: the test has nothing to check."""
+    warnings.warn(f"this transport's connections do not offer {attribute} (optional); not checked",
+                  stacklevel=2)
+
+
 def _open_fds() -> int | None:
     try:
         import psutil
@@ -361,6 +369,70 @@ class TestTransportContract:
                 else:
                     with pytest.raises(MessageTooLargeError):
                         await server.receive()
+                arrivals.release()
+
+    @_bounded
+    async def test_delivered_frames_come_in_order_and_receive_reports_the_end(
+        self, transport: Transport, options: LinkOptions
+    ) -> None:
+        """A connection offering ``deliver_frames`` hands it every frame, those already received
+        first, in order; ``receive`` then only reports the end. Others skip this test."""
+        arrivals = Arrivals()
+        async with serving(transport, arrivals.handler, options) as listener:
+            async with await transport.connect(self.address(transport, listener), options) as client:
+                server = await arrivals.next()
+                deliver = server.extra(ConnectionAttribute.deliver_frames, None)
+                if deliver is None:
+                    arrivals.release()
+                    return _not_offered("deliver_frames")
+                for i in range(5):
+                    await client.send(b"early %d" % i)
+                with anyio.fail_after(PROMPT):
+                    await anyio.sleep(0.1)  # they are read before the handler is set
+                got: list[bytes] = []
+                all_in = anyio.Event()
+
+                def handler(frame: bytes) -> None:
+                    got.append(frame)
+                    if len(got) == 505:
+                        all_in.set()
+
+                deliver(handler)
+                for i in range(500):
+                    await client.send(b"%d" % i)
+                with anyio.fail_after(PROMPT):
+                    await all_in.wait()
+                assert got == [b"early %d" % i for i in range(5)] + [b"%d" % i for i in range(500)]
+                await client.aclose()
+                with anyio.fail_after(PROMPT), pytest.raises((anyio.EndOfStream, ConnectionLostError)):
+                    await server.receive()
+                arrivals.release()
+
+    @_bounded
+    async def test_a_delivery_handler_that_raises_ends_the_delivery_and_receive_raises_it(
+        self, transport: Transport, options: LinkOptions
+    ) -> None:
+        arrivals = Arrivals()
+        async with serving(transport, arrivals.handler, options) as listener:
+            async with await transport.connect(self.address(transport, listener), options) as client:
+                server = await arrivals.next()
+                deliver = server.extra(ConnectionAttribute.deliver_frames, None)
+                if deliver is None:
+                    arrivals.release()
+                    return _not_offered("deliver_frames")
+                got: list[bytes] = []
+
+                def handler(frame: bytes) -> None:
+                    if frame == b"bad":
+                        raise ProtocolError("a frame the handler refuses")
+                    got.append(frame)
+
+                deliver(handler)
+                for frame in (b"good", b"bad", b"after"):
+                    await client.send(frame)
+                with anyio.fail_after(PROMPT), pytest.raises(ProtocolError, match="the handler refuses"):
+                    await server.receive()
+                assert got == [b"good"]  # nothing after the failure is delivered
                 arrivals.release()
 
     @_bounded

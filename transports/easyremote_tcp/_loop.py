@@ -63,6 +63,8 @@ class LoopConnection(FrameParser, Connection, asyncio.Protocol):
         self._gone = asyncio.Event()  # connection_lost was called
         self._closed = False  # no more sends or receives
         self._aborted = False  # the close is a reset
+        self._handler: Callable[[bytes], None] | None = None  # deliver_frames: who takes each frame
+        self._delivery_failed: BaseException | None = None  # what the handler (or a frame) raised
 
     @classmethod
     async def dial(cls, host: str, port: int, peer: str, max_message_size: int) -> LoopConnection:
@@ -110,6 +112,9 @@ class LoopConnection(FrameParser, Connection, asyncio.Protocol):
             self._add(rest)
         else:
             self._add(data)
+        if self._handler is not None:
+            self._deliver()
+            return
         if len(self._buffer) > _READ_AHEAD and not self._read_paused and self._transport is not None:
             self._read_paused = True  # nobody takes frames; the peer waits (TCP flow control)
             self._transport.pause_reading()
@@ -165,6 +170,29 @@ class LoopConnection(FrameParser, Connection, asyncio.Protocol):
         if not self._write_paused and not backlog:
             self._can_write.set()
 
+    def deliver_frames(self, handler: Callable[[bytes], None]) -> None:
+        """See ``ConnectionAttribute.deliver_frames``."""
+        self._handler = handler
+        self._resume_reading()
+        self._deliver()
+
+    def _deliver(self) -> None:
+        """Hand each whole frame read to the handler; stop at the first failure."""
+        handler = self._handler
+        while handler is not None and self._delivery_failed is None:
+            try:
+                frame = self._take_frame()
+                if frame is None:
+                    return
+                handler(frame)
+            except Exception as exc:  # a frame over the limit, or what the handler raised
+                self._delivery_failed = exc
+                self._clear_frames()
+                if self._transport is not None and not self._read_paused:
+                    self._read_paused = True  # nobody takes frames any more
+                    self._transport.pause_reading()
+                self._wake_reader()
+
     def _wake_reader(self) -> None:
         waiter = self._readable
         if waiter is not None and not waiter.done():
@@ -199,6 +227,7 @@ class LoopConnection(FrameParser, Connection, asyncio.Protocol):
         return {
             ConnectionAttribute.send_nowait: lambda: self.send_nowait,
             ConnectionAttribute.buffered_bytes: lambda: self.buffered_bytes,
+            ConnectionAttribute.deliver_frames: lambda: self.deliver_frames,
             SocketAttribute.raw_socket: lambda: self._socket(),
         }
 
@@ -240,8 +269,13 @@ class LoopConnection(FrameParser, Connection, asyncio.Protocol):
 
     async def receive(self) -> bytes:
         while True:
+            failed = self._delivery_failed
+            if failed is not None:
+                if isinstance(failed, MessageTooLargeError):
+                    await self.abort()
+                raise failed
             try:
-                frame = self._take_frame()
+                frame = self._take_frame() if self._handler is None else None
             except MessageTooLargeError:
                 self._clear_frames()
                 await self.abort()
