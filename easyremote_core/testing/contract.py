@@ -371,69 +371,71 @@ class TestTransportContract:
                         await server.receive()
                 arrivals.release()
 
-    @_bounded
-    async def test_delivered_frames_come_in_order_and_receive_reports_the_end(
+    @asynccontextmanager
+    async def _delivering(
         self, transport: Transport, options: LinkOptions
-    ) -> None:
-        """A connection offering ``deliver_frames`` hands it every frame, those already received
-        first, in order; ``receive`` then only reports the end. Others skip this test."""
+    ) -> AsyncIterator[tuple[Connection, Connection, Callable[[Callable[[bytes], None]], None] | None]]:
+        """A dialled link: (client, the listener's end, its ``deliver_frames`` or ``None``)."""
         arrivals = Arrivals()
         async with serving(transport, arrivals.handler, options) as listener:
             async with await transport.connect(self.address(transport, listener), options) as client:
                 server = await arrivals.next()
-                deliver = server.extra(ConnectionAttribute.deliver_frames, None)
-                if deliver is None:
+                try:
+                    yield client, server, server.extra(ConnectionAttribute.deliver_frames, None)
+                finally:
                     arrivals.release()
-                    return _not_offered("deliver_frames")
-                for i in range(5):
-                    await client.send(b"early %d" % i)
-                with anyio.fail_after(PROMPT):
-                    await anyio.sleep(0.1)  # they are read before the handler is set
-                got: list[bytes] = []
-                all_in = anyio.Event()
 
-                def handler(frame: bytes) -> None:
-                    got.append(frame)
-                    if len(got) == 505:
-                        all_in.set()
+    @_bounded
+    async def test_delivered_frames_come_in_order_and_receive_reports_the_end(
+        self, transport: Transport, options: LinkOptions
+    ) -> None:
+        """A connection offering ``deliver_frames`` hands it every frame, those already read
+        first, in order; ``receive`` then only reports the end. For others it warns."""
+        async with self._delivering(transport, options) as (client, server, deliver):
+            if deliver is None:
+                return _not_offered("deliver_frames")
+            for i in range(5):
+                await client.send(b"early %d" % i)
+            with anyio.fail_after(PROMPT):
+                assert await server.receive() == b"early 0"  # the rest are read, or on their way
+            got: list[bytes] = []
+            all_in = anyio.Event()
 
-                deliver(handler)
-                for i in range(500):
-                    await client.send(b"%d" % i)
-                with anyio.fail_after(PROMPT):
-                    await all_in.wait()
-                assert got == [b"early %d" % i for i in range(5)] + [b"%d" % i for i in range(500)]
-                await client.aclose()
-                with anyio.fail_after(PROMPT), pytest.raises((anyio.EndOfStream, ConnectionLostError)):
-                    await server.receive()
-                arrivals.release()
+            def handler(frame: bytes) -> None:
+                got.append(frame)
+                if len(got) == 504:
+                    all_in.set()
+
+            deliver(handler)
+            for i in range(500):
+                await client.send(b"%d" % i)
+            with anyio.fail_after(PROMPT):
+                await all_in.wait()
+            assert got == [b"early %d" % i for i in range(1, 5)] + [b"%d" % i for i in range(500)]
+            await client.aclose()
+            with anyio.fail_after(PROMPT), pytest.raises((anyio.EndOfStream, ConnectionLostError)):
+                await server.receive()
 
     @_bounded
     async def test_a_delivery_handler_that_raises_ends_the_delivery_and_receive_raises_it(
         self, transport: Transport, options: LinkOptions
     ) -> None:
-        arrivals = Arrivals()
-        async with serving(transport, arrivals.handler, options) as listener:
-            async with await transport.connect(self.address(transport, listener), options) as client:
-                server = await arrivals.next()
-                deliver = server.extra(ConnectionAttribute.deliver_frames, None)
-                if deliver is None:
-                    arrivals.release()
-                    return _not_offered("deliver_frames")
-                got: list[bytes] = []
+        async with self._delivering(transport, options) as (client, server, deliver):
+            if deliver is None:
+                return _not_offered("deliver_frames")
+            got: list[bytes] = []
 
-                def handler(frame: bytes) -> None:
-                    if frame == b"bad":
-                        raise ProtocolError("a frame the handler refuses")
-                    got.append(frame)
+            def handler(frame: bytes) -> None:
+                if frame == b"bad":
+                    raise ProtocolError("a frame the handler refuses")
+                got.append(frame)
 
-                deliver(handler)
-                for frame in (b"good", b"bad", b"after"):
-                    await client.send(frame)
-                with anyio.fail_after(PROMPT), pytest.raises(ProtocolError, match="the handler refuses"):
-                    await server.receive()
-                assert got == [b"good"]  # nothing after the failure is delivered
-                arrivals.release()
+            deliver(handler)
+            for frame in (b"good", b"bad", b"after"):
+                await client.send(frame)
+            with anyio.fail_after(PROMPT), pytest.raises(ProtocolError, match="the handler refuses"):
+                await server.receive()
+            assert got == [b"good"]  # nothing after the failure is delivered
 
     @_bounded
     async def test_concurrent_sends_keep_frames_whole(self, transport: Transport, options: LinkOptions) -> None:
