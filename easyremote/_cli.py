@@ -92,7 +92,8 @@ def _parser() -> argparse.ArgumentParser:
         "module (names starting with '_' are skipped). Reconnects by itself; exits 3 when "
         "--max-retry-attempts run out.")
     node.add_argument("--gateway", default=os.environ.get(GATEWAY_ENV) or None,
-                      help="gateway address, host:port (default $EASYREMOTE_GATEWAY) or scheme://host:port")
+                      help="gateway address, host:port or scheme://host:port, or several separated by commas "
+                           "(default $EASYREMOTE_GATEWAY); the node registers on each")
     node.add_argument("--node-id", default=None, help="stable identity (default: hostname-random)")
     node.add_argument("--token", default=None, help="auth token (default $EASYREMOTE_TOKEN)")
     node.add_argument("--transport", default=None, help="transport name")
@@ -112,7 +113,8 @@ def _parser() -> argparse.ArgumentParser:
     nodes = commands.add_parser("nodes", help="list the nodes a gateway knows",
                                 description="List the nodes a gateway knows, with their functions.")
     nodes.add_argument("--gateway", default=os.environ.get(GATEWAY_ENV) or None,
-                       help="gateway address, host:port (default $EASYREMOTE_GATEWAY)")
+                       help="gateway address, host:port, or several separated by commas (default "
+                            "$EASYREMOTE_GATEWAY); the first that answers is asked")
     nodes.add_argument("--token", default=None, help="auth token")
     nodes.add_argument("--timeout", type=float, default=10.0, help="seconds to wait (default 10)")
     nodes.add_argument("--connect-timeout", type=float, default=5.0,
@@ -121,7 +123,8 @@ def _parser() -> argparse.ArgumentParser:
     call = commands.add_parser("call", help="call a function", description="Call a function on a node and print "
                                "its result as JSON. Each argument is JSON (quote strings: '\"text\"').")
     call.add_argument("--gateway", default=os.environ.get(GATEWAY_ENV) or None,
-                      help="gateway address, host:port (default $EASYREMOTE_GATEWAY)")
+                      help="gateway address, host:port, or several separated by commas (default "
+                           "$EASYREMOTE_GATEWAY); the call goes through one that is ready")
     call.add_argument("--token", default=None, help="auth token")
     call.add_argument("--node-id", default=None, help="run on this node")
     call.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the result (default 30)")

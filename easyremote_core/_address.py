@@ -1,8 +1,13 @@
-"""Parsing of gateway addresses: ``host:port`` or ``scheme://host:port``."""
+"""Parsing of gateway addresses: ``host:port`` or ``scheme://host:port``, one or several."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import ipaddress
+import socket
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+
+import anyio
 
 from ._errors import ConfigurationError
 
@@ -12,6 +17,9 @@ class Address:
     host: str
     port: int
     scheme: str | None = None  # a transport name, when the address named one
+    #: The name this address was resolved from, when a name that resolves to several
+    #: addresses was given (TLS then verifies the gateway's certificate against the name).
+    server_name: str | None = field(default=None, compare=False)
 
     def __str__(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
@@ -45,3 +53,48 @@ def parse_address(text: str, *, parameter: str = "vps_address", allow_port_zero:
         lowest = 0 if allow_port_zero else 1
         raise ConfigurationError(f"{parameter} {text!r}: port must be between {lowest} and 65535")
     return Address(host=host, port=port, scheme=scheme)
+
+
+def parse_addresses(value: str | Iterable[str], *, parameter: str = "vps_address") -> tuple[Address, ...]:
+    """One address, several separated by commas, or a list of them; each one gateway (duplicates once)."""
+    if isinstance(value, str):
+        if not value.strip():
+            parse_address(value, parameter=parameter)  # raises: the message for one address
+        texts = value.split(",")
+    elif isinstance(value, Iterable) and not isinstance(value, (bytes, bytearray)):
+        texts = list(value)
+        if not all(isinstance(text, str) for text in texts):
+            raise ConfigurationError(f"{parameter} must be 'host:port' strings, got {value!r}")
+    else:
+        raise ConfigurationError(f"{parameter} must be a 'host:port' string or a list of them, got {value!r}")
+    addresses: list[Address] = []
+    for text in texts:
+        if not text.strip():
+            raise ConfigurationError(f"{parameter} {value!r} has an empty address in its list")
+        address = parse_address(text.strip(), parameter=parameter)
+        if address not in addresses:
+            addresses.append(address)
+    if not addresses:
+        raise ConfigurationError(f"{parameter} must name at least one gateway, got {value!r}")
+    return tuple(addresses)
+
+
+async def expand(address: Address) -> tuple[Address, ...]:
+    """The gateways ``address`` stands for: a host name that resolves to several addresses is
+    several gateways (IPv4 ones when it has any, else IPv6), each dialled by its IP address;
+    any other address is itself, resolved again by the transport at every attempt."""
+    try:
+        ipaddress.ip_address(address.host)
+        return (address,)
+    except ValueError:
+        pass
+    try:
+        found = await anyio.getaddrinfo(address.host, address.port, type=socket.SOCK_STREAM)
+    except OSError:
+        return (address,)  # not resolvable now: the transport reports it at each attempt
+    v4 = list(dict.fromkeys(str(sockaddr[0]) for family, *_, sockaddr in found if family == socket.AF_INET))
+    v6 = list(dict.fromkeys(str(sockaddr[0]) for family, *_, sockaddr in found if family == socket.AF_INET6))
+    hosts = v4 or v6
+    if len(hosts) < 2:
+        return (address,)
+    return tuple(replace(address, host=host, server_name=address.host) for host in sorted(hosts))

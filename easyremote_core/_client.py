@@ -21,7 +21,7 @@ import anyio.from_thread
 import sniffio
 from anyio.streams.memory import MemoryObjectSendStream
 
-from ._address import parse_address
+from ._address import parse_addresses
 from ._backend import HostTask, clock
 from ._backend import run as run_loop
 from ._config import LinkSettings, number, whole
@@ -33,15 +33,15 @@ from ._errors import (
     MessageTooLargeError,
     StreamingFunctionError,
 )
+from ._gateways import GatewaySet, LinkPlan
 from ._link import Link
 from ._node import ENVELOPE_OVERHEAD, TOKEN_ENV
 from ._plugins import PluginManager, get_plugin_manager
 from ._probes import HealthProbe
 from ._protocol import Attachment, dump_arguments, error_from_frame, load_value, payload_of, pb, split_payload
-from ._resolve import resolve_link_plugins
 from ._retry import RetryPolicy
 from ._supervisor import ConnectionState, ConnectionSupervisor, StateCallback
-from ._transport import DEFAULT_MAX_MESSAGE_SIZE, LinkOptions, TLSConfig, Transport
+from ._transport import DEFAULT_MAX_MESSAGE_SIZE, TLSConfig, Transport
 
 logger = logging.getLogger("easyremote.client")
 
@@ -140,8 +140,30 @@ class _Pending:
     attachment: Attachment | None = None  # the arguments, when they travel apart from the envelope
 
 
+class _ClientGateway:
+    """The client's side of its link to one gateway."""
+
+    def __init__(self, client: AsyncClient) -> None:
+        self.client = client
+        self.supervisor: ConnectionSupervisor | None = None
+
+    def on_frame(self, envelope: pb.Envelope, attachment: Attachment | None) -> None:
+        if envelope.WhichOneof("body") == "go_away":
+            link = self.supervisor.link if self.supervisor is not None else None
+            if link is not None:
+                link.close(f"gateway asked to reconnect later: {envelope.go_away.reason}")
+            return
+        self.client._on_frame(envelope, attachment)
+
+
 class AsyncClient:
-    """Calls functions through a gateway: ``async with AsyncClient("host:8080") as c``."""
+    """Calls functions through a gateway: ``async with AsyncClient("host:8080") as c``.
+
+    ``gateway`` names one gateway or several (a list, or addresses separated by commas;
+    a host name that resolves to several addresses is several gateways). The client keeps
+    a link to each and sends its calls through one; when that link is lost, its calls move
+    at once to another gateway that is ready.
+    """
 
     def __init__(
         self,
@@ -163,7 +185,8 @@ class AsyncClient:
         tls: TLSConfig | None = None,
         plugins: PluginManager | None = None,
     ) -> None:
-        self.address = parse_address(gateway, parameter="gateway")
+        self.addresses = parse_addresses(gateway, parameter="gateway")
+        self.address = self.addresses[0]
         self.timeout = number("timeout", timeout, above=0)
         self.settings = LinkSettings(
             reconnect_interval=reconnect_interval, max_reconnect_interval=max_reconnect_interval,
@@ -174,17 +197,17 @@ class AsyncClient:
         self.max_message_size = whole("max_message_size", max_message_size, minimum=ENVELOPE_OVERHEAD * 2)
         self.auth_token = auth_token if auth_token is not None else os.environ.get(TOKEN_ENV)
         self._plugins = plugins or get_plugin_manager()
-        self._transport, self._policy, self._probes = resolve_link_plugins(
-            self._plugins, self.address, self.settings, transport=transport, retry_policy=retry_policy,
-            health_probes=health_probes, tls=tls)
-        self._tls = tls
+        self._plan = LinkPlan(self._plugins, self.addresses, self.settings, transport=transport,
+                              retry_policy=retry_policy, health_probes=health_probes, tls=tls,
+                              max_message_size=self.max_message_size)
         self._pending: dict[str, _Pending] = {}
         # Call ids: a random prefix of this client and a count, unique without a uuid4 (a
         # getrandom call) per call. Calls belong to the client key, so an id guessed is no use.
         self._call_prefix = secrets.token_hex(12)
         self._call_numbers = itertools.count(1)
         self._queries: dict[str, MemoryObjectSendStream[pb.NodeList]] = {}
-        self._supervisor: ConnectionSupervisor | None = None
+        self._supervisor: GatewaySet | None = None
+        self._current: ConnectionSupervisor | None = None  # the gateway calls go through
         self._now: Callable[[], float] = anyio.current_time  # the loop's clock, once started
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop, when it is asyncio's
         self._host: HostTask | None = None
@@ -213,23 +236,23 @@ class AsyncClient:
             return
         self._now = clock()
         self._loop = asyncio.get_running_loop() if sniffio.current_async_library() == "asyncio" else None
-        self._supervisor = ConnectionSupervisor(
-            role="client", address=self.address, transport=self._transport,
-            link_options=LinkOptions(max_message_size=self.max_message_size,
-                                     connect_timeout=self.settings.connection_timeout, tls=self._tls),
-            settings=self.settings, policy=self._policy, probes=self._probes, hello=self._hello,
-            on_frame=self._on_frame, on_link_lost=self._on_link_lost, plugins=self._plugins,
-        )
+        supervisors = []
+        for n, address in enumerate(await self._plan.gateways()):
+            gateway = _ClientGateway(self)
+            gateway.supervisor = self._plan.supervisor(address, first=n == 0, role="client", hello=self._hello,
+                                                       on_frame=gateway.on_frame, on_link_lost=self._on_link_lost)
+            supervisors.append(gateway.supervisor)
+        self._supervisor = GatewaySet(supervisors)
         for callback in self._callbacks:
             self._supervisor.on_state_change(callback)
-        self._host = HostTask.spawn(self._keep_connected, name=f"easyremote client of {self.address}")
+        self._host = HostTask.spawn(self._keep_connected, name=f"easyremote client of {self._where}")
 
     async def _keep_connected(self) -> None:
         assert self._supervisor is not None
         try:
             await self._supervisor.run()
         except EasyRemoteError as exc:  # kept as supervisor.fatal_error; calls raise it
-            logger.error("Client gave up on gateway %s: %s", self.address, exc)
+            logger.error("Client gave up on %s: %s", self._where, exc)
         finally:
             for pending in list(self._pending.values()):
                 pending.answers.send_nowait(_LinkLost("the client is closed"))
@@ -242,8 +265,7 @@ class AsyncClient:
         try:
             await host.aclose()
         finally:
-            with anyio.CancelScope(shield=True):
-                await self._transport.aclose()
+            await self._plan.aclose()
 
     def on_state_change(self, callback: StateCallback) -> None:
         self._callbacks.append(callback)
@@ -275,7 +297,7 @@ class AsyncClient:
             return
         supervisor = self._supervisor
         reason = (supervisor.last_error if supervisor is not None else "") or "not connected"
-        raise GatewayUnavailableError(f"gateway {self.address} was not reachable within {limit:g} s ({reason})")
+        raise GatewayUnavailableError(f"{self._where} was not reachable within {limit:g} s ({reason})")
 
     # -- calls ----------------------------------------------------------------------------
 
@@ -331,16 +353,37 @@ class AsyncClient:
         return _RemoteCall(self, request, limit, attached)
 
     async def _link(self) -> Link:
-        if self._supervisor is None:
+        gateways = self._supervisor
+        if gateways is None:
             raise RuntimeError("the client is not started: use 'async with AsyncClient(...)'")
-        return await self._supervisor.wait_ready()
+        while True:
+            link = self._ready_link()
+            if link is not None:
+                return link
+            await gateways.wait_ready()
 
     def _ready_link(self) -> Link | None:
-        """The link, if it is ready now (the usual case: a call waits for nothing)."""
-        supervisor = self._supervisor
-        if supervisor is None or supervisor.state is not ConnectionState.READY:
+        """The link calls go through, if one is ready now (the usual case: a call waits for
+        nothing). It stays the same gateway while its link is up, then moves to another."""
+        current = self._current
+        if current is not None and current.state is ConnectionState.READY:
+            return current.link
+        gateways = self._supervisor
+        if gateways is None:
             return None
-        return supervisor.link
+        for supervisor in gateways.supervisors:
+            if supervisor.state is ConnectionState.READY and supervisor.link is not None:
+                if current is not None and current is not supervisor:
+                    logger.info("Calls now go through gateway %s", supervisor.address)
+                self._current = supervisor
+                return supervisor.link
+        return None
+
+    @property
+    def _where(self) -> str:
+        if len(self.addresses) == 1:
+            return f"gateway {self.address}"
+        return "gateways " + ", ".join(str(address) for address in self.addresses)
 
     def _send(self, pending: _Pending, link: Link, remaining: float) -> None:
         pending.request.attempt += 1
@@ -366,7 +409,7 @@ class AsyncClient:
                         break
                     token = reply.next_page_token
         except TimeoutError:
-            raise GatewayUnavailableError(f"gateway {self.address} did not answer list_nodes in time") from None
+            raise GatewayUnavailableError(f"{self._where} did not answer list_nodes in time") from None
         finally:
             del self._queries[request_id]
             send.close()
@@ -392,14 +435,11 @@ class AsyncClient:
             query = self._queries.get(envelope.node_list.request_id)
             if query is not None:
                 query.send_nowait(envelope.node_list)
-        elif kind == "go_away":
-            link = self._supervisor.link if self._supervisor is not None else None
-            if link is not None:
-                link.close(f"gateway asked to reconnect later: {envelope.go_away.reason}")
 
-    def _on_link_lost(self, reason: str) -> None:
+    def _on_link_lost(self, link: Link, reason: str) -> None:
         for pending in list(self._pending.values()):
-            pending.answers.send_nowait(_LinkLost(reason))
+            if pending.link is link:
+                pending.answers.send_nowait(_LinkLost(reason))
 
 
 class _RemoteCall:
@@ -437,7 +477,7 @@ class _RemoteCall:
             supervisor = self._client._supervisor
             reason = (supervisor.last_error if supervisor is not None else "") or "not connected"
             raise GatewayUnavailableError(
-                f"gateway {self._client.address} was not reachable within {self._timeout:g} s ({reason})")
+                f"{self._client._where} was not reachable within {self._timeout:g} s ({reason})")
         self.finish("timed out")
         raise CallTimeoutError(f"{self._request.function} did not answer within {self._timeout:g} s")
 

@@ -13,7 +13,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar, overload
 
 import anyio
@@ -23,9 +23,10 @@ import anyio.lowlevel
 import anyio.to_thread
 import sniffio
 
-from ._address import parse_address
+from ._address import Address, parse_addresses
 from ._config import LinkSettings, number, whole
 from ._errors import AuthenticationError, ConfigurationError, EasyRemoteError, ProtocolError
+from ._gateways import GatewaySet, LinkPlan
 from ._link import Link
 from ._logs import console_logging
 from ._plugins import PluginManager, get_plugin_manager
@@ -41,11 +42,10 @@ from ._protocol import (
     pb,
     split_payload,
 )
-from ._resolve import resolve_link_plugins
 from ._retry import RetryPolicy
 from ._serving import BaseExceptionGroup, in_main_thread, one_exception, run_blocking
 from ._supervisor import ConnectionState, ConnectionSupervisor, StateCallback
-from ._transport import DEFAULT_MAX_MESSAGE_SIZE, LinkOptions, TLSConfig, Transport
+from ._transport import DEFAULT_MAX_MESSAGE_SIZE, TLSConfig, Transport
 from ._workers import WorkerPool
 
 logger = logging.getLogger("easyremote.node")
@@ -84,7 +84,9 @@ class NodeStatus:
     active_executions: int
     registered_functions: tuple[str, ...]
     last_error: str
-    gateway: str
+    gateway: str  # the gateway addresses, separated by commas
+    #: Each gateway's address and the state of the link to it.
+    gateways: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -94,6 +96,7 @@ class _Execution:
 
     function: str
     started: float
+    link: Link  # where its answers go
     scope: anyio.CancelScope | None = None  # not asyncio: its deadline is the call's timeout
     task: asyncio.Task[Any] | None = None  # asyncio: the task running the call, once it started
     cancelled: bool = False  # by the gateway's Cancel, a lost link or the drain, not by the timeout
@@ -112,11 +115,47 @@ class _Execution:
             self.task.cancel()
 
 
-class ComputeNode:
-    """Connects out to a gateway, registers functions, and runs the calls routed to it.
+class _GatewayLink:
+    """The node's side of its link to one gateway: registering on each new link."""
 
-    It reconnects by itself (per its retry policy) whenever the link is lost, and
-    registers its functions again each time.
+    def __init__(self, node: ComputeNode) -> None:
+        self.node = node
+        self.supervisor: ConnectionSupervisor | None = None
+        self.registered: anyio.Event | None = None
+        self.refusal: pb.Reject | None = None  # why the gateway refused the last registration
+
+    @property
+    def link(self) -> Link | None:
+        return self.supervisor.link if self.supervisor is not None else None
+
+    async def establish(self, link: Link) -> None:
+        self.registered = anyio.Event()
+        self.refusal = None
+        link.send(self.node._register_frame())
+        await self.registered.wait()
+        if self.refusal is not None:
+            error = AuthenticationError if self.refusal.reason == pb.Reject.REASON_AUTH else ProtocolError
+            raise error(f"the gateway refused the registration of node {self.node.node_id}: "
+                        f"{self.refusal.message or 'no reason given'}")
+        logger.info("Registered to VPS successfully")
+
+    def on_frame(self, envelope: pb.Envelope, attachment: Attachment | None) -> None:
+        self.node._on_frame(self, envelope, attachment)
+
+    def answered(self, reject: pb.Reject | None) -> None:
+        if reject is not None:
+            self.refusal = reject
+        if self.registered is not None:
+            self.registered.set()
+
+
+class ComputeNode:
+    """Connects out to its gateways, registers functions, and runs the calls routed to it.
+
+    ``vps_address`` names one gateway or several (a list, or addresses separated by
+    commas; a host name that resolves to several addresses is several gateways): the node
+    keeps a link to each and registers on each. It reconnects by itself (per its retry
+    policy) whenever a link is lost, and registers its functions again each time.
     """
 
     def __init__(
@@ -143,7 +182,8 @@ class ComputeNode:
         tls: TLSConfig | None = None,
         plugins: PluginManager | None = None,
     ) -> None:
-        self.address = parse_address(vps_address, parameter="vps_address")
+        self.addresses = parse_addresses(vps_address, parameter="vps_address")
+        self.address = self.addresses[0]
         if node_id is not None and (not isinstance(node_id, str) or not node_id.strip() or len(node_id) > 200):
             raise ConfigurationError(f"node_id must be a non-empty string of at most 200 characters, got {node_id!r}")
         self.node_id = node_id or f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
@@ -160,14 +200,12 @@ class ComputeNode:
         self.max_message_size = whole("max_message_size", max_message_size, minimum=ENVELOPE_OVERHEAD * 2)
         self.auth_token = auth_token if auth_token is not None else os.environ.get(TOKEN_ENV)
         self._plugins = plugins or get_plugin_manager()
-        self._transport, self._policy, self._probes = resolve_link_plugins(
-            self._plugins, self.address, self.settings, transport=transport, retry_policy=retry_policy,
-            health_probes=health_probes, tls=tls)
-        self._tls = tls
+        self._plan = LinkPlan(self._plugins, self.addresses, self.settings, transport=transport,
+                              retry_policy=retry_policy, health_probes=health_probes, tls=tls,
+                              max_message_size=self.max_message_size)
         self._functions: dict[str, RegisteredFunction] = {}
         self._state_callbacks: list[StateCallback] = []
-        self._supervisor: ConnectionSupervisor | None = None
-        self._registered: anyio.Event | None = None
+        self._supervisor: GatewaySet | None = None
         self._run_scope: anyio.CancelScope | None = None
         self._token: anyio.lowlevel.EventLoopToken | None = None
         self._stop_requested = False
@@ -177,7 +215,6 @@ class ComputeNode:
         self._busy_threads: set[str] = set()  # call ids whose sync code runs in a worker thread now
         self._workers = WorkerPool(1, "easyremote-node")  # made anew, max_concurrency threads, by each run()
         self._last_error = ""
-        self._refusal: pb.Reject | None = None  # why the gateway refused the last registration
         # Diagnostics the reconnection guide shows (kept in step with the supervisor).
         self._active_executions: dict[str, _Execution] = {}
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop, when it is asyncio's (set by run)
@@ -202,15 +239,19 @@ class ComputeNode:
             entry = RegisteredFunction(name=name or fn.__name__, func=fn, kind=_kind(fn), timeout=timeout,
                                        idempotent=bool(idempotent))
             self._functions[entry.name] = entry
-            link = self._supervisor.link if self._supervisor is not None else None
-            if link is not None:  # already connected: tell the gateway
+            if self._supervisor is not None:  # already connected: tell the gateways
                 if _off_loop(self._token):
-                    anyio.from_thread.run_sync(link.send, self._register_frame(), token=self._token)
+                    anyio.from_thread.run_sync(self._register_again, token=self._token)
                 else:
-                    link.send(self._register_frame())
+                    self._register_again()
             return fn
 
         return decorate(func) if func is not None else decorate
+
+    def _register_again(self) -> None:
+        if self._supervisor is not None:
+            for link in self._supervisor.ready_links:
+                link.send(self._register_frame())
 
     @property
     def functions(self) -> dict[str, RegisteredFunction]:
@@ -281,17 +322,10 @@ class ComputeNode:
         if self._supervisor is not None:
             raise RuntimeError(f"node {self.node_id} is already running")
         self._token = anyio.lowlevel.current_token()
-        self._registered = anyio.Event()
         self._stopping = anyio.Event()
         self._draining = False
-        supervisor = ConnectionSupervisor(
-            role="node", address=self.address, transport=self._transport,
-            link_options=LinkOptions(max_message_size=self.max_message_size,
-                                     connect_timeout=self.settings.connection_timeout, tls=self._tls),
-            settings=self.settings, policy=self._policy, probes=self._probes, hello=self._hello,
-            on_frame=self._on_frame, establish=self._establish, on_link_lost=self._on_link_lost,
-            plugins=self._plugins,
-        )
+        supervisor = GatewaySet([self._supervise(address, first=n == 0)
+                                 for n, address in enumerate(await self._plan.gateways())])
         for callback in self._state_callbacks:
             supervisor.on_state_change(callback)
         self._supervisor = supervisor
@@ -319,8 +353,7 @@ class ComputeNode:
             if failure is not None:
                 raise failure
         finally:
-            with anyio.CancelScope(shield=True):
-                await self._transport.aclose()
+            await self._plan.aclose()
             self._workers.close()
             self._last_error = supervisor.last_error
             self._supervisor = None
@@ -328,6 +361,13 @@ class ComputeNode:
             self._run_scope = None
             self._token = None
             logger.info("Node %s stopped", self.node_id)
+
+    def _supervise(self, address: Address, *, first: bool) -> ConnectionSupervisor:
+        gateway = _GatewayLink(self)
+        gateway.supervisor = self._plan.supervisor(
+            address, first=first, role="node", hello=self._hello, on_frame=gateway.on_frame,
+            establish=gateway.establish, on_link_lost=self._on_link_lost)
+        return gateway.supervisor
 
     def stop(self) -> None:
         """Stop serving in order; callable from any thread.
@@ -347,13 +387,16 @@ class ComputeNode:
         else:
             stopping.set()
 
-    async def _leave(self, supervisor: ConnectionSupervisor) -> None:
-        """Take no new calls, wait for the running ones, then let the gateway close the link."""
+    async def _leave(self, gateways: GatewaySet) -> None:
+        """Take no new calls, wait for the running ones, then let the gateways close the links."""
         self._draining = True
-        link = supervisor.link if supervisor.state is ConnectionState.READY else None
-        if link is not None:
-            supervisor.leave()
-            link.send(pb.Envelope(goodbye=pb.Goodbye(reason="stopped")))
+        links = []
+        for supervisor in gateways.supervisors:
+            link = supervisor.link if supervisor.state is ConnectionState.READY else None
+            if link is not None:
+                supervisor.leave()
+                link.send(pb.Envelope(goodbye=pb.Goodbye(reason="stopped")))
+                links.append(link)
         running = len(self._active_executions)
         if running:
             self._idle = anyio.Event()
@@ -366,9 +409,9 @@ class ComputeNode:
                                self.node_id, len(self._active_executions), _g(self.drain_timeout))
                 for execution in list(self._active_executions.values()):
                     execution.cancel()
-        if link is not None:
-            # The gateway closes the link once it has every answer: then nothing is in flight.
-            with anyio.move_on_after(GOODBYE_TIMEOUT):
+        # Each gateway closes its link once it has every answer: then nothing is in flight.
+        with anyio.move_on_after(GOODBYE_TIMEOUT):
+            for link in links:
                 await link.ended.wait()
 
     async def __aenter__(self) -> ComputeNode:
@@ -405,31 +448,21 @@ class ComputeNode:
                         heartbeat_interval=self.settings.heartbeat_interval,
                         heartbeat_timeout=self.settings.heartbeat_timeout, software="easyremote")
 
-    async def _establish(self, link: Link) -> None:
-        self._registered = anyio.Event()
-        self._refusal = None
-        link.send(self._register_frame())
-        await self._registered.wait()
-        if self._refusal is not None:
-            error = AuthenticationError if self._refusal.reason == pb.Reject.REASON_AUTH else ProtocolError
-            raise error(f"the gateway refused the registration of node {self.node_id}: "
-                        f"{self._refusal.message or 'no reason given'}")
-        logger.info("Registered to VPS successfully")
-
     @property
     def _execution_tasks(self) -> dict[str, object]:
         """What runs each active call (its task, or its cancel scope off asyncio): the guide's diagnostics."""
         return {call_id: execution.task or execution.scope for call_id, execution in self._active_executions.items()}
 
-    def _on_link_lost(self, reason: str) -> None:
+    def _on_link_lost(self, link: Link, reason: str) -> None:
         self._last_error = reason
         for call_id, execution in list(self._active_executions.items()):
-            execution.cancel()
-            logger.info("Cancelled %s (call %s): the link to the gateway was lost", execution.function, call_id)
+            if execution.link is link:
+                execution.cancel()
+                logger.info("Cancelled %s (call %s): the link to the gateway was lost", execution.function, call_id)
 
-    def _on_frame(self, envelope: pb.Envelope, attachment: Attachment | None) -> None:
+    def _on_frame(self, gateway: _GatewayLink, envelope: pb.Envelope, attachment: Attachment | None) -> None:
         kind = envelope.WhichOneof("body")
-        link = self._current_link()
+        link = gateway.link
         if kind == "call":
             if link is not None:
                 self._accept(link, envelope.call, attachment)
@@ -438,18 +471,12 @@ class ComputeNode:
             if execution is not None:
                 execution.cancel()
         elif kind in ("registered", "reject"):
-            if kind == "reject":
-                self._refusal = envelope.reject
-            if self._registered is not None:
-                self._registered.set()
+            gateway.answered(envelope.reject if kind == "reject" else None)
         elif kind == "go_away":
             if link is not None:
                 link.close(f"gateway asked to reconnect later: {envelope.go_away.reason}")
         else:
             logger.debug("Ignoring a %s frame from the gateway", kind)
-
-    def _current_link(self) -> Link | None:
-        return self._supervisor.link if self._supervisor is not None else None
 
     def _accept(self, link: Link, request: pb.CallRequest, attachment: Attachment | None = None) -> None:
         entry = self._functions.get(request.function)
@@ -472,7 +499,7 @@ class ComputeNode:
                                   f"node {self.node_id} has {self.max_queue_size} calls queued or running "
                                   "(max_queue_size)", node_id=self.node_id))
             return
-        execution = _Execution(function=entry.name, started=time.time(),
+        execution = _Execution(function=entry.name, started=time.time(), link=link,
                                scope=None if self._loop is not None else anyio.CancelScope())
         self._active_executions[request.call_id] = execution
         link.start_soon(self._execute, link, entry, request, payload_of(request, attachment), execution)
@@ -623,10 +650,10 @@ class ComputeNode:
     # -- status ---------------------------------------------------------------------------
 
     @property
-    def _latest(self) -> ConnectionSupervisor | None:
+    def _latest(self) -> GatewaySet | None:
         return self._supervisor or self._finished
 
-    _finished: ConnectionSupervisor | None = None
+    _finished: GatewaySet | None = None
 
     @property
     def state(self) -> ConnectionState:
@@ -648,12 +675,9 @@ class ComputeNode:
 
     @property
     def _last_heartbeat_time(self) -> float | None:
-        """Wall-clock time (``time.time()``) of the last frame from the gateway."""
+        """Wall-clock time (``time.time()``) of the last frame from a gateway."""
         supervisor = self._latest
-        if supervisor is None:
-            return None
-        link = supervisor.link
-        return link.last_received_wall if link is not None else supervisor.last_received_wall
+        return supervisor.last_received_wall if supervisor is not None else None
 
     def status(self) -> NodeStatus:
         supervisor = self._latest
@@ -663,7 +687,8 @@ class ComputeNode:
             last_heartbeat_time=self._last_heartbeat_time,
             active_executions=len(self._active_executions), registered_functions=tuple(sorted(self._functions)),
             last_error=(supervisor.last_error if supervisor is not None else "") or self._last_error,
-            gateway=str(self.address),
+            gateway=",".join(str(address) for address in self.addresses),
+            gateways=supervisor.gateways if supervisor is not None else {str(a): "idle" for a in self.addresses},
         )
 
 

@@ -6,11 +6,12 @@ import functools
 import inspect
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import anyio.to_thread
 
+from ._address import parse_addresses
 from ._client import Client
 from ._errors import ConfigurationError
 
@@ -28,18 +29,23 @@ def _client(gateway: str, auth_token: str | None) -> Client:
         return client
 
 
-def remote(func: Callable[..., Any] | None = None, *, gateway: str | None = None, name: str | None = None,
+def remote(func: Callable[..., Any] | None = None, *, gateway: str | Sequence[str] | None = None,
+           name: str | None = None,
            node_id: str | None = None, timeout: float | None = None, auth_token: str | None = None) -> Any:
     """Turn a function signature into a stub that runs on a node (its body never runs locally).
 
-    ``gateway`` defaults to ``$EASYREMOTE_GATEWAY``. An ``async def`` stub returns an
+    ``gateway`` (one address, several separated by commas, or a list) defaults to
+    ``$EASYREMOTE_GATEWAY``. An ``async def`` stub returns an
     awaitable; a generator stub yields the remote items.
     """
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
-        address = gateway or os.environ.get(GATEWAY_ENV)
-        if not address:
+        given = gateway or os.environ.get(GATEWAY_ENV)
+        if not given:
             raise ConfigurationError(f"remote() needs gateway= or ${GATEWAY_ENV} to know where to call {fn.__name__}")
+        # One client per list of gateways, however the list was written.
+        address = ",".join(str(a) if a.scheme is None else f"{a.scheme}://{a}"
+                           for a in parse_addresses(given, parameter="gateway"))
         function = name or fn.__name__
 
         def call(*args: Any, **kwargs: Any) -> Any:

@@ -82,7 +82,7 @@ class ConnectionSupervisor:
         hello: Callable[[], pb.Hello],
         on_frame: FrameHandler,
         establish: Callable[[Link], Awaitable[None]] | None = None,
-        on_link_lost: Callable[[str], None] | None = None,
+        on_link_lost: Callable[[Link, str], None] | None = None,
         plugins: PluginManager | None = None,
     ) -> None:
         self.role = role
@@ -305,7 +305,7 @@ class ConnectionSupervisor:
             self.last_received_wall = link.last_received_wall
             if established and not self._leaving:
                 if self._on_link_lost is not None:
-                    self._on_link_lost(reason)
+                    self._on_link_lost(link, reason)
                 self._set_state(ConnectionState.RECONNECTING, reason)
 
         link = Link(

@@ -49,8 +49,11 @@ def test_bad_node_parameters(options: dict, message: str) -> None:
 @pytest.mark.parametrize(("address", "message"), [
     ("", "vps_address must be a non-empty"), ("server", "must have the form 'host:port'"),
     ("server:http", "is not a number"), ("server:70000", "port must be between 1 and 65535"),
+    ("a:1,,b:2", "has an empty address in its list"), ("a:1, b", "'b' must have the form"),
+    ([], "must name at least one gateway"), (["a:1", 5], "must be 'host:port' strings"),
+    (5, "must be a 'host:port' string or a list of them"),
 ])
-def test_bad_addresses(address: str, message: str) -> None:
+def test_bad_addresses(address: object, message: str) -> None:
     with pytest.raises(ConfigurationError, match=message):
         ComputeNode(address, "n")
 
@@ -80,13 +83,13 @@ def test_unknown_plugin_names_list_what_exists(monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_selection_by_scheme_environment_and_name(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert ComputeNode("server:8080", "n")._transport.name == "grpc"
-    assert ComputeNode("tcp://server:8080", "n")._transport.name == "tcp"
+    assert ComputeNode("server:8080", "n")._plan.transport.name == "grpc"
+    assert ComputeNode("tcp://server:8080", "n")._plan.transport.name == "tcp"
     monkeypatch.setenv("EASYREMOTE_TRANSPORT", "tcp")
-    assert ComputeNode("server:8080", "n")._transport.name == "tcp"
-    assert ComputeNode("server:8080", "n", transport="memory")._transport.name == "memory"
+    assert ComputeNode("server:8080", "n")._plan.transport.name == "tcp"
+    assert ComputeNode("server:8080", "n", transport="memory")._plan.transport.name == "memory"
     monkeypatch.setenv("EASYREMOTE_RETRY_POLICY", "constant")
-    assert ComputeNode("server:8080", "n")._policy.name == "constant"
-    assert ComputeNode("server:8080", "n", retry_policy="full-jitter")._policy.name == "full-jitter"
-    probes = ComputeNode("grpc://server:8080", "n")._probes
+    assert ComputeNode("server:8080", "n")._plan.policy.name == "constant"
+    assert ComputeNode("server:8080", "n", retry_policy="full-jitter")._plan.policy.name == "full-jitter"
+    probes = ComputeNode("grpc://server:8080", "n")._plan.probes
     assert [p.name for p in probes] == ["grpc-channel-state", "heartbeat"]

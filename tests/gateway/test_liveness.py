@@ -38,7 +38,7 @@ async def test_a_probe_that_raises_ends_its_link(caplog) -> None:
 
 async def test_the_heartbeat_watch_is_there_even_when_not_asked_for() -> None:
     node = ComputeNode("tcp://127.0.0.1:1", "n", health_probes=[Crashing()])
-    assert [probe.name for probe in node._probes] == ["crashing", "heartbeat"]
+    assert [probe.name for probe in node._plan.probes] == ["crashing", "heartbeat"]
 
 
 @pytest.mark.parametrize("transport_name", ["grpc", "tcp"])

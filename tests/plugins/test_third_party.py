@@ -107,10 +107,10 @@ def test_selected_by_name_and_by_environment_variable(site: Path) -> None:
         default = ComputeNode("server:8080", "n")
         client = AsyncClient("server:8080", retry_policy="fibonacci")
         print(json.dumps({
-            "by_name": [type(by_name._policy).__name__, by_name._policy.base, by_name._policy.cap,
-                        [p.name for p in by_name._probes]],
-            "default": default._policy.name,
-            "client": client._policy.name,
+            "by_name": [type(by_name._plan.policy).__name__, by_name._plan.policy.base, by_name._plan.policy.cap,
+                        [p.name for p in by_name._plan.probes]],
+            "default": default._plan.policy.name,
+            "client": client._plan.policy.name,
         }))
     """
     assert python(site, code) == {

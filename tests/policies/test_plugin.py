@@ -80,11 +80,11 @@ def test_probes_come_from_the_environment_like_policies(monkeypatch: pytest.Monk
 
     monkeypatch.setenv("EASYREMOTE_HEALTH_PROBES", "heartbeat")
     node = ComputeNode("grpc://127.0.0.1:1", "n")  # the gRPC transport's own probe is not chosen
-    assert [probe.name for probe in node._probes] == ["heartbeat"]
+    assert [probe.name for probe in node._plan.probes] == ["heartbeat"]
     monkeypatch.setenv("EASYREMOTE_HEALTH_PROBES", " grpc-channel-state , heartbeat ")
-    assert [p.name for p in ComputeNode("tcp://127.0.0.1:1", "n")._probes] == ["grpc-channel-state", "heartbeat"]
+    assert [p.name for p in ComputeNode("tcp://127.0.0.1:1", "n")._plan.probes] == ["grpc-channel-state", "heartbeat"]
     explicit = ComputeNode("grpc://127.0.0.1:1", "n", health_probes=["grpc-channel-state"])
-    assert [p.name for p in explicit._probes] == ["grpc-channel-state", "heartbeat"]  # an argument wins
+    assert [p.name for p in explicit._plan.probes] == ["grpc-channel-state", "heartbeat"]  # an argument wins
     monkeypatch.setenv("EASYREMOTE_HEALTH_PROBES", "smoke-detector")
     with pytest.raises(NotFound, match="smoke-detector"):
         ComputeNode("grpc://127.0.0.1:1", "n")

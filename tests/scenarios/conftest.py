@@ -129,6 +129,12 @@ class LogTimeline(logging.Handler):
             await self._changed.wait()
         return when
 
+    async def wait_for_count(self, text: str, count: int, after: float = float("-inf"),
+                             logger: str = "easyremote.node") -> None:
+        """Until ``count`` lines containing ``text`` were logged after ``after``."""
+        while sum(text in line for _, line in self.lines(logger, after)) < count:
+            await self._changed.wait()
+
 
 @pytest.fixture
 async def timeline() -> AsyncIterator[LogTimeline]:
