@@ -138,6 +138,7 @@ class _Pending:
     answers: _Answers
     link: Link | None = None
     attachment: Attachment | None = None  # the arguments, when they travel apart from the envelope
+    routed: pb.Routed | None = None  # the node that took it, for a call that must not run twice
 
 
 class _ClientGateway:
@@ -386,10 +387,19 @@ class AsyncClient:
         return "gateways " + ", ".join(str(address) for address in self.addresses)
 
     def _send(self, pending: _Pending, link: Link, remaining: float) -> None:
-        pending.request.attempt += 1
-        pending.request.timeout = remaining
+        request = pending.request
+        request.attempt += 1
+        request.timeout = remaining
+        current = self._current
+        if current is not None and current.welcome is not None:
+            request.owner = current.welcome.owner  # the same at every gateway: it says whose call this is
+        routed = pending.routed
+        if routed is not None:  # asked again: the node that took it attaches it or gives its answer
+            request.resume = True
+            request.node_id = routed.node_id
+            request.incarnation = routed.incarnation
         pending.link = link
-        link.send(pb.Envelope(call=pending.request), pending.attachment)
+        link.send(pb.Envelope(call=request), pending.attachment)
 
     async def list_nodes(self, timeout: float | None = None) -> list[NodeInfo]:
         """The nodes the gateway knows, with their functions and state (every page of them)."""
@@ -431,6 +441,10 @@ class AsyncClient:
             pending = self._pending.get(getattr(envelope, kind).call_id)
             if pending is not None:
                 pending.answers.send_nowait((envelope, attachment))
+        elif kind == "routed":
+            pending = self._pending.get(envelope.routed.call_id)
+            if pending is not None:
+                pending.routed = envelope.routed
         elif kind == "node_list":
             query = self._queries.get(envelope.node_list.request_id)
             if query is not None:

@@ -7,6 +7,7 @@ import functools
 import inspect
 import logging
 import os
+import secrets
 import signal
 import socket
 import threading
@@ -24,9 +25,11 @@ import anyio.to_thread
 import sniffio
 
 from ._address import Address, parse_addresses
+from ._backend import TaskSet
 from ._config import LinkSettings, number, whole
 from ._errors import AuthenticationError, ConfigurationError, EasyRemoteError, ProtocolError
 from ._gateways import GatewaySet, LinkPlan
+from ._kept import KeptAnswers
 from ._link import Link
 from ._logs import console_logging
 from ._plugins import PluginManager, get_plugin_manager
@@ -96,7 +99,11 @@ class _Execution:
 
     function: str
     started: float
-    link: Link  # where its answers go
+    link: Link | None  # where its answers go; None while the link it came on is lost and nobody asked again
+    owner: bytes = b""  # whose call it is (CallRequest.owner): only they may ask for it again
+    kept: bool = False  # it must not run twice: its answer is kept for result_retention
+    deadline: float | None = None  # when its caller stops waiting (the loop's clock)
+    abandon: anyio.CancelScope | None = None  # while its link is lost: the wait for its caller's deadline
     scope: anyio.CancelScope | None = None  # not asyncio: its deadline is the call's timeout
     task: asyncio.Task[Any] | None = None  # asyncio: the task running the call, once it started
     cancelled: bool = False  # by the gateway's Cancel, a lost link or the drain, not by the timeout
@@ -175,6 +182,8 @@ class ComputeNode:
         max_queue_size: int = 1000,
         max_concurrency: int | None = None,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        result_retention: float = 300.0,
+        max_retained_bytes: int = 256 * 1024 * 1024,
         transport: str | Transport | None = None,
         retry_policy: str | RetryPolicy | None = None,
         health_probes: Iterable[str | HealthProbe] | None = None,
@@ -198,12 +207,18 @@ class ComputeNode:
         self.max_queue_size = whole("max_queue_size", max_queue_size, minimum=1)
         self.max_concurrency = whole("max_concurrency", max_concurrency or os.cpu_count() or 1, minimum=1)
         self.max_message_size = whole("max_message_size", max_message_size, minimum=ENVELOPE_OVERHEAD * 2)
+        self.result_retention = number("result_retention", result_retention, minimum=0)
+        self.max_retained_bytes = whole("max_retained_bytes", max_retained_bytes, minimum=0)
         self.auth_token = auth_token if auth_token is not None else os.environ.get(TOKEN_ENV)
         self._plugins = plugins or get_plugin_manager()
         self._plan = LinkPlan(self._plugins, self.addresses, self.settings, transport=transport,
                               retry_policy=retry_policy, health_probes=health_probes, tls=tls,
                               max_message_size=self.max_message_size)
         self._functions: dict[str, RegisteredFunction] = {}
+        self._incarnation = b""  # new each run(): calls kept by one run are unknown to the next
+        self._kept = KeptAnswers(self.result_retention, self.max_retained_bytes, time.monotonic)
+        self._expiry: asyncio.TimerHandle | None = None  # drops kept answers as their time runs out
+        self._tasks = TaskSet(self._task_failed)  # the calls: they outlive a lost link, not the node
         self._state_callbacks: list[StateCallback] = []
         self._supervisor: GatewaySet | None = None
         self._run_scope: anyio.CancelScope | None = None
@@ -324,6 +339,9 @@ class ComputeNode:
         self._token = anyio.lowlevel.current_token()
         self._stopping = anyio.Event()
         self._draining = False
+        self._incarnation = secrets.token_bytes(8)
+        self._kept.clear()
+        stopping = self._stopping
         supervisor = GatewaySet([self._supervise(address, first=n == 0)
                                  for n, address in enumerate(await self._plan.gateways())])
         for callback in self._state_callbacks:
@@ -333,28 +351,36 @@ class ComputeNode:
         self._workers = WorkerPool(self.max_concurrency, f"easyremote-node-{self.node_id[:40]}")
         task_status.started()
         failure: EasyRemoteError | None = None
+
+        async def serve_links() -> None:
+            async with anyio.create_task_group() as tg:
+                async def supervise() -> None:
+                    nonlocal failure
+                    try:
+                        await supervisor.run()
+                    except EasyRemoteError as exc:  # raised below, not wrapped in an ExceptionGroup
+                        failure = exc
+                    tg.cancel_scope.cancel()
+
+                tg.start_soon(supervise)
+                await stopping.wait()
+                await self._leave(supervisor)
+                tg.cancel_scope.cancel()
+
         try:
             with anyio.CancelScope() as self._run_scope:
                 if self._stop_requested:
                     return
-                async with anyio.create_task_group() as tg:
-                    async def supervise() -> None:
-                        nonlocal failure
-                        try:
-                            await supervisor.run()
-                        except EasyRemoteError as exc:  # raised below, not wrapped in an ExceptionGroup
-                            failure = exc
-                        tg.cancel_scope.cancel()
-
-                    tg.start_soon(supervise)
-                    await self._stopping.wait()
-                    await self._leave(supervisor)
-                    tg.cancel_scope.cancel()
+                await self._tasks.own(serve_links)  # the calls still running end with the node
             if failure is not None:
                 raise failure
         finally:
             await self._plan.aclose()
             self._workers.close()
+            self._kept.clear()
+            if self._expiry is not None:
+                self._expiry.cancel()
+                self._expiry = None
             self._last_error = supervisor.last_error
             self._supervisor = None
             self._finished = supervisor
@@ -445,6 +471,7 @@ class ComputeNode:
 
     def _hello(self) -> pb.Hello:
         return pb.Hello(role=pb.ROLE_NODE, node_id=self.node_id, token=self.auth_token or "",
+                        incarnation=self._incarnation,
                         heartbeat_interval=self.settings.heartbeat_interval,
                         heartbeat_timeout=self.settings.heartbeat_timeout, software="easyremote")
 
@@ -453,12 +480,38 @@ class ComputeNode:
         """What runs each active call (its task, or its cancel scope off asyncio): the guide's diagnostics."""
         return {call_id: execution.task or execution.scope for call_id, execution in self._active_executions.items()}
 
+    def _task_failed(self, exc: BaseException) -> None:
+        logger.error("A call's task of node %s failed: %s: %s", self.node_id, type(exc).__name__, exc,
+                     exc_info=exc)
+
     def _on_link_lost(self, link: Link, reason: str) -> None:
+        """Calls that came on ``link`` go on where they can be asked for again; streams end."""
         self._last_error = reason
         for call_id, execution in list(self._active_executions.items()):
-            if execution.link is link:
+            if execution.link is not link:
+                continue
+            execution.link = None
+            if self._functions.get(execution.function, _STREAMING).streaming:
                 execution.cancel()
                 logger.info("Cancelled %s (call %s): the link to the gateway was lost", execution.function, call_id)
+            elif execution.deadline is not None:
+                # The caller may ask again, through any gateway, until it stops waiting.
+                self._tasks.start_soon(self._abandon_later, call_id, execution)
+
+    async def _abandon_later(self, call_id: str, execution: _Execution) -> None:
+        assert execution.deadline is not None
+        if self._active_executions.get(call_id) is not execution:
+            return  # it ended before this task began
+        if execution.abandon is not None:
+            execution.abandon.cancel()
+        with anyio.CancelScope() as execution.abandon:  # cancelled when the call ends
+            await anyio.sleep(max(execution.deadline - anyio.current_time(), 0))
+        if execution.abandon.cancel_called:
+            return
+        if execution.link is None and self._active_executions.get(call_id) is execution:
+            execution.cancel()
+            logger.info("Cancelled %s (call %s): its caller did not ask for it again before its timeout",
+                        execution.function, call_id)
 
     def _on_frame(self, gateway: _GatewayLink, envelope: pb.Envelope, attachment: Attachment | None) -> None:
         kind = envelope.WhichOneof("body")
@@ -468,7 +521,9 @@ class ComputeNode:
                 self._accept(link, envelope.call, attachment)
         elif kind == "cancel":
             execution = self._active_executions.get(envelope.cancel.call_id)
-            if execution is not None:
+            # From where the call's answers go, or, for a call whose link was lost, from any gateway
+            # (the one it came through has told its caller it was lost); never from one it has left.
+            if execution is not None and execution.link in (link, None):
                 execution.cancel()
         elif kind in ("registered", "reject"):
             gateway.answered(envelope.reject if kind == "reject" else None)
@@ -479,6 +534,27 @@ class ComputeNode:
             logger.debug("Ignoring a %s frame from the gateway", kind)
 
     def _accept(self, link: Link, request: pb.CallRequest, attachment: Attachment | None = None) -> None:
+        call_id = request.call_id
+        known = self._active_executions.get(call_id)
+        if known is not None:
+            self._attach(link, request, known)
+            return
+        if self._kept:
+            kept = self._kept.get(call_id)
+            if kept is not None:
+                if kept.owner != request.owner:
+                    link.send(error_frame(call_id, ErrorCode.CODE_FORBIDDEN,
+                                          f"call {call_id[:64]} belongs to another caller", node_id=self.node_id))
+                else:
+                    link.send(kept.envelope, kept.attachment)  # it ran: its answer, again
+                return
+        if request.resume and (request.incarnation != self._incarnation or self._kept.forgot_recently()):
+            why = (f"node {self.node_id} has restarted since" if request.incarnation != self._incarnation else
+                   f"node {self.node_id} kept more answers than max_retained_bytes and dropped some")
+            link.send(error_frame(call_id, ErrorCode.CODE_NODE_LOST,
+                                  f"call {call_id} of {request.function!r} may or may not have run: {why}",
+                                  node_id=self.node_id))
+            return
         entry = self._functions.get(request.function)
         if entry is None:
             link.send(error_frame(request.call_id, ErrorCode.CODE_NO_NODE,
@@ -499,12 +575,49 @@ class ComputeNode:
                                   f"node {self.node_id} has {self.max_queue_size} calls queued or running "
                                   "(max_queue_size)", node_id=self.node_id))
             return
-        execution = _Execution(function=entry.name, started=time.time(), link=link,
+        execution = _Execution(function=entry.name, started=time.time(), link=link, owner=request.owner,
+                               kept=not entry.idempotent and not entry.streaming,
+                               deadline=anyio.current_time() + request.timeout if request.timeout > 0 else None,
                                scope=None if self._loop is not None else anyio.CancelScope())
         self._active_executions[request.call_id] = execution
-        link.start_soon(self._execute, link, entry, request, payload_of(request, attachment), execution)
+        self._tasks.start_soon(self._execute, entry, request, payload_of(request, attachment), execution)
 
-    async def _execute(self, link: Link, entry: RegisteredFunction, request: pb.CallRequest, payload: Attachment,
+    def _attach(self, link: Link, request: pb.CallRequest, execution: _Execution) -> None:
+        """A call that is running here was sent again: its answers go to ``link`` from now on
+        if its caller asked for it again, or if the link it came on is lost."""
+        if execution.owner != request.owner:
+            link.send(error_frame(request.call_id, ErrorCode.CODE_FORBIDDEN,
+                                  f"call {request.call_id[:64]} belongs to another caller", node_id=self.node_id))
+            return
+        current = execution.link
+        if current is link or (current is not None and not current.ended.is_set() and not request.resume):
+            return  # the same call again, or a late copy from a gateway it has left: it runs once
+        if self._functions.get(execution.function, _STREAMING).streaming:
+            return  # a stream goes on only where it started
+        execution.link = link
+        logger.info("Call %s of %s, still running, answers through another link now", request.call_id,
+                    execution.function)
+
+    def _answer(self, call_id: str, execution: _Execution, envelope: pb.Envelope,
+                attachment: Attachment | None = None) -> None:
+        """A call's last answer: kept if it must not run twice, and sent where the call's answers go now."""
+        if execution.kept and self.result_retention > 0:
+            self._kept.keep(call_id, execution.owner, envelope, attachment)
+            if self._expiry is None and self._loop is not None:
+                self._expire_kept()
+        link = execution.link
+        if link is not None:
+            link.send(envelope, attachment)
+
+    def _expire_kept(self) -> None:
+        """Drop the kept answers whose time is up, and set a timer of the loop's for the oldest of the
+        rest. (Off asyncio they go as later ones are kept or looked up.)"""
+        until = self._kept.trim()
+        self._expiry = None
+        if until is not None and self._loop is not None:
+            self._expiry = self._loop.call_later(max(until - time.monotonic(), 0.0), self._expire_kept)
+
+    async def _execute(self, entry: RegisteredFunction, request: pb.CallRequest, payload: Attachment,
                        execution: _Execution) -> None:
         call_id = request.call_id
         timeout = entry.timeout or self.execution_timeout
@@ -517,7 +630,7 @@ class ComputeNode:
                 assert scope is not None
                 scope.deadline = anyio.current_time() + timeout
                 with scope:
-                    await self._run_call(link, entry, request, payload)
+                    await self._run_call(execution, entry, request, payload)
                 timed_out = scope.cancelled_caught and not execution.cancelled
             else:
                 # The loop's own task and timer: an anyio cancel scope with a deadline costs a
@@ -526,7 +639,7 @@ class ComputeNode:
                 assert task is not None
                 timer = loop.call_at(loop.time() + timeout, execution.time_out)
                 try:
-                    await self._run_call(link, entry, request, payload)
+                    await self._run_call(execution, entry, request, payload)
                 except asyncio.CancelledError:
                     if not (execution.cancelled or execution.timed_out):
                         raise  # the link's tasks are ending
@@ -535,21 +648,27 @@ class ComputeNode:
                     timer.cancel()
                 timed_out = execution.timed_out and not execution.cancelled
             if timed_out:
-                link.send(error_frame(call_id, ErrorCode.CODE_TIMEOUT,
-                                      f"{entry.name} did not finish within {timeout:g} s and was cancelled",
-                                      node_id=self.node_id))
+                self._answer(call_id, execution, error_frame(
+                    call_id, ErrorCode.CODE_TIMEOUT, f"{entry.name} did not finish within {timeout:g} s and was "
+                    "cancelled", node_id=self.node_id))
         finally:
             self._active_executions.pop(call_id, None)
+            if execution.abandon is not None:
+                execution.abandon.cancel()
             if self._idle is not None and not self._active_executions:
                 self._idle.set()
 
-    async def _run_call(self, link: Link, entry: RegisteredFunction, request: pb.CallRequest,
+    async def _run_call(self, execution: _Execution, entry: RegisteredFunction, request: pb.CallRequest,
                         arguments: Attachment) -> None:
         call_id = request.call_id
+
+        def answer(envelope: pb.Envelope, attachment: Attachment | None = None) -> None:
+            self._answer(call_id, execution, envelope, attachment)
+
         try:
             args, kwargs = load_arguments(arguments)
         except Exception as exc:
-            link.send(exception_frame(call_id, exc, code=ErrorCode.CODE_BAD_ARGUMENTS, node_id=self.node_id))
+            answer(exception_frame(call_id, exc, code=ErrorCode.CODE_BAD_ARGUMENTS, node_id=self.node_id))
             return
         limit = self.max_message_size - ENVELOPE_OVERHEAD
         try:
@@ -563,27 +682,30 @@ class ComputeNode:
                 finally:
                     self._workers.release()
             else:
+                link = execution.link  # a stream goes on only on the link it came on
+                if link is None:
+                    return
                 count = await self._stream(link, entry, call_id, args, kwargs, limit)
                 link.send(pb.Envelope(end=pb.StreamEnd(call_id=call_id, count=count)))
                 return
         except _TooLarge as exc:
-            link.send(error_frame(call_id, ErrorCode.CODE_TOO_LARGE, str(exc), node_id=self.node_id))
+            answer(error_frame(call_id, ErrorCode.CODE_TOO_LARGE, str(exc), node_id=self.node_id))
             return
         except Exception as exc:
-            link.send(exception_frame(call_id, exc, node_id=self.node_id))
+            answer(exception_frame(call_id, exc, node_id=self.node_id))
             return
         try:
             payload = dump_value(value)
         except Exception as exc:
-            link.send(exception_frame(call_id, exc, code=ErrorCode.CODE_BAD_RESULT, node_id=self.node_id))
+            answer(exception_frame(call_id, exc, code=ErrorCode.CODE_BAD_RESULT, node_id=self.node_id))
             return
         if len(payload) > limit:
-            link.send(error_frame(call_id, ErrorCode.CODE_TOO_LARGE,
+            answer(error_frame(call_id, ErrorCode.CODE_TOO_LARGE,
                                   f"the result of {entry.name} is {len(payload)} bytes, over max_message_size "
                                   f"({self.max_message_size})", node_id=self.node_id))
             return
         inline, attached = split_payload(payload)
-        link.send(pb.Envelope(result=pb.Result(call_id=call_id, payload=inline)), attached)
+        answer(pb.Envelope(result=pb.Result(call_id=call_id, payload=inline)), attached)
 
     async def _stream(self, link: Link, entry: RegisteredFunction, call_id: str, args: tuple[Any, ...],
                       kwargs: dict[str, Any], limit: int) -> int:
@@ -694,6 +816,11 @@ class ComputeNode:
 
 class _TooLarge(Exception):
     pass
+
+
+#: What ``_functions.get`` gives for a function unregistered while its call ran: treated as a stream
+#: (it ends with its link).
+_STREAMING = RegisteredFunction(name="", func=print, kind="generator", timeout=None, idempotent=False)
 
 
 def _kind(fn: Callable[..., Any]) -> str:

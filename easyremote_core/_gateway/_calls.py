@@ -82,9 +82,14 @@ class CallTable:
             return
         # A call asked again (attempt > 1) that this gateway does not know was lost with the
         # link (or with a gateway restart); dispatch decides, once a node says whether the
-        # function is idempotent, whether it may run again.
+        # function is idempotent, whether it may run again, unless the client knows the node
+        # that took it (resume): that node attaches it or answers it.
+        as_framed = request.owner == client.owner
+        if not as_framed:
+            request.owner = client.owner  # what the client says of itself does not count
         call = Call(request=request, client=client, started=self.now(), asked_again=request.attempt > 1,
-                    owner=(client.key, client.credential), caller=client, attachment=attachment, size=size)
+                    owner=(client.key, client.credential), caller=client, attachment=attachment, size=size,
+                    as_framed=as_framed)
         self.calls[request.call_id] = call
         client.calls[request.call_id] = call
         self._count(call, +1)
@@ -119,6 +124,9 @@ class CallTable:
     def dispatch(self, call: Call) -> None:
         """Send the call to a node now, wait for one that is coming back, or fail it."""
         request = call.request
+        if request.resume:
+            self._resume(call)
+            return
         route = self.router.route(request.function, request.node_id)
         if isinstance(route, Routed):
             self._send(call, route.node)
@@ -127,11 +135,32 @@ class CallTable:
         else:
             self._spawn(self._wait_for_node, call)
 
+    def _resume(self, call: Call) -> None:
+        """A call the client was told went to a node (Routed), asked for again through this gateway:
+        to that node's same run, when it is here, else wait for it; a node that restarted
+        cannot tell whether it ran."""
+        request = call.request
+        node = self.registry.nodes.get(request.node_id)
+        if node is not None and node.incarnation != request.incarnation:
+            self.finish(call, error_frame(
+                request.call_id, ErrorCode.CODE_NODE_LOST,
+                f"node {request.node_id} restarted after it took call {request.call_id} of {request.function!r}; "
+                "it may or may not have run", node_id=request.node_id))
+        elif node is not None and node.ready and request.function in node.functions:
+            self._send(call, node)
+        else:
+            self._spawn(self._wait_for_node, call)
+
+    def _resumable(self, call: Call) -> bool:
+        """Whether a resumed call can be decided now: its node is here, ready or another run."""
+        node = self.registry.nodes.get(call.request.node_id)
+        return node is not None and (node.ready or node.incarnation != call.request.incarnation)
+
     def _send(self, call: Call, node: NodeSession) -> None:
         request = call.request
         spec = node.functions[request.function]
         call.idempotent = spec.idempotent
-        if call.asked_again and call.deliveries == 0 and not spec.idempotent:
+        if call.asked_again and call.deliveries == 0 and not spec.idempotent and not request.resume:
             self.finish(call, error_frame(
                 request.call_id, ErrorCode.CODE_CANCELLED,
                 f"call {request.call_id} of {request.function!r} was lost with the link to the gateway; "
@@ -140,8 +169,12 @@ class CallTable:
         call.node = node
         call.deliveries += 1
         node.calls[request.call_id] = call
+        if not spec.idempotent and not request.streaming and call.client is not None:
+            # Told before the node has it: if this gateway is lost, the client asks that node again.
+            call.client.link.send(pb.Envelope(routed=pb.Routed(call_id=request.call_id, node_id=node.node_id,
+                                                               incarnation=node.incarnation)))
         frame = whole_frame(call.attachment) if call.attachment is not None else None
-        if frame is not None and request.attempt == call.deliveries:
+        if frame is not None and call.as_framed and request.attempt == call.deliveries:
             node.link.send_frame(frame)  # the client's frame says it all: forwarded as it came, not copied
         else:
             request.attempt = call.deliveries
@@ -156,14 +189,23 @@ class CallTable:
             while call.node is None and self.calls.get(request.call_id) is call:
                 # Route again before each wait: a node may have registered between the
                 # dispatch that started this task and the moment it runs.
-                route = self.router.route(request.function, request.node_id)
-                if isinstance(route, (Routed, Refused)):
+                if request.resume:
+                    decided = self._resumable(call)
+                else:
+                    decided = isinstance(self.router.route(request.function, request.node_id), (Routed, Refused))
+                if decided:
                     self.dispatch(call)
                     return
                 await self.registry.wait_changed()
         if call.node is None and self.calls.get(request.call_id) is call:
-            self.finish(call, error_frame(request.call_id, ErrorCode.CODE_NO_NODE,
-                                          f"no node serving {request.function!r} came back in time"))
+            if request.resume:
+                self.finish(call, error_frame(
+                    request.call_id, ErrorCode.CODE_NODE_LOST,
+                    f"node {request.node_id}, which took call {request.call_id} of {request.function!r}, did not "
+                    "come back in time; it may or may not have run", node_id=request.node_id))
+            else:
+                self.finish(call, error_frame(request.call_id, ErrorCode.CODE_NO_NODE,
+                                              f"no node serving {request.function!r} came back in time"))
 
     # -- from nodes -----------------------------------------------------------------------
 
@@ -194,9 +236,11 @@ class CallTable:
                             call.request.call_id, call.request.function, node.node_id)
                 self.dispatch(call)
             else:
+                node.abandoned.append(call.request.call_id)
                 self.finish(call, error_frame(
                     call.request.call_id, ErrorCode.CODE_NODE_LOST,
-                    f"node {node.node_id} was lost while running {call.request.function!r}: {reason}",
+                    f"node {node.node_id} was lost while running {call.request.function!r} ({reason}); "
+                    "it may or may not have run",
                     node_id=node.node_id))
 
     # -- answers --------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import secrets
@@ -306,29 +307,36 @@ class Gateway(ServingLifecycle):
             on_end=on_end,
         )
 
-    def _welcome(self, link: Link) -> None:
+    def _welcome(self, link: Link, owner: bytes = b"") -> None:
         link.send(pb.Envelope(welcome=pb.Welcome(
             protocol_version=PROTOCOL_VERSION, session_id=uuid.uuid4().hex,
-            gateway_id=self.gateway_id, max_message_size=self.max_message_size)))
+            gateway_id=self.gateway_id, max_message_size=self.max_message_size, owner=owner)))
 
     async def _serve_node(self, connection: Connection, hello: pb.Hello, credential: Credential) -> None:
         session = NodeSession(link=None, peer=connection.peer, node_id=hello.node_id,  # type: ignore[arg-type]
-                              connected_at=anyio.current_time(), credential=credential)
+                              connected_at=anyio.current_time(), credential=credential,
+                              incarnation=hello.incarnation[:64])
         session.link = self._new_link(
             connection, hello, lambda envelope, attachment: self._on_node_frame(session, envelope, attachment),
             f"node {hello.node_id}", lambda reason: self._nodes.ended(session, reason))
-        self._nodes.connect(session)
+        old = self._nodes.connect(session)
         self._welcome(session.link)
         logger.info("Node %s connected from %s", hello.node_id, connection.peer)
+        if old is not None and old.incarnation == session.incarnation:
+            for call_id in old.abandoned:  # their callers were told they were lost: stop them
+                session.link.send(pb.Envelope(cancel=pb.Cancel(
+                    call_id=call_id, reason="the gateway reported it lost when the node's link ended")))
+            old.abandoned.clear()
         await session.link.run()
 
     async def _serve_client(self, connection: Connection, hello: pb.Hello, credential: Credential) -> None:
+        key = hello.client_key or secrets.token_bytes(16)
         client = Peer(link=None, peer=connection.peer, credential=credential,  # type: ignore[arg-type]
-                      key=hello.client_key or secrets.token_bytes(16))
+                      key=key, owner=hashlib.sha256(key + b"\0" + credential.name.encode()).digest()[:16])
         client.link = self._new_link(
             connection, hello, lambda envelope, attachment: self._on_client_frame(client, envelope, attachment),
             f"client {connection.peer}", lambda reason: self._call_table.client_ended(client))
-        self._welcome(client.link)
+        self._welcome(client.link, owner=client.owner)
         logger.debug("Client connected from %s", connection.peer)
         await client.link.run()
 

@@ -104,15 +104,16 @@ class Registry:
 
     # -- sessions -------------------------------------------------------------------------
 
-    def connect(self, session: NodeSession) -> None:
-        """Make ``session`` the node's current one; an earlier session of the same node is replaced."""
+    def connect(self, session: NodeSession) -> NodeSession | None:
+        """Make ``session`` the node's current one; an earlier session of the same node is replaced
+        (and returned, its calls settled)."""
         old = self.nodes.get(session.node_id)
         self.nodes[session.node_id] = session
         if old is not None:
             self._unindex(old)
         self._index(session)  # a session registers before or after it becomes the current one
         if old is None:
-            return
+            return None
         reason = "replaced by a new session of the same node"
         if old.lost_at is None and not old.leaving:
             logger.warning("Node %s lost: %s", old.node_id, reason)
@@ -121,6 +122,7 @@ class Registry:
         if old.forget_timer is not None:
             old.forget_timer.cancel()
         self._on_lost(old, "the node reconnected (its earlier session was replaced)")
+        return old
 
     def check(self, register: pb.Register, credential: Credential = ANYONE) -> pb.Reject | None:
         """What is wrong with a registration, as the refusal the node gets; ``None`` when it is acceptable."""

@@ -26,11 +26,15 @@ class Peer:
     held_bytes: int = 0
     #: Bytes of the requests of this client's calls the gateway keeps (until each is answered).
     call_bytes: int = 0
+    #: Clients: who their calls belong to, at every gateway that gives their key the same credential
+    #: (a digest of both; nodes compare it when a call is asked for again through another gateway).
+    owner: bytes = b""
 
 
 @dataclass(eq=False, slots=True)
 class NodeSession(Peer):
     node_id: str = ""
+    incarnation: bytes = b""  # the node's run: a new one does not know the calls of the last
     functions: dict[str, pb.FunctionSpec] = field(default_factory=dict)
     max_queue_size: int = 1000
     max_concurrency: int = 1
@@ -40,6 +44,9 @@ class NodeSession(Peer):
     connected_at: float = 0.0
     forget_timer: anyio.CancelScope | None = None  # running while the gateway waits for it to return
     leaving: str = ""  # why the node said goodbye; it gets no new calls and leaves once they are answered
+    #: Calls failed as lost when this session ended: if the same run of the node comes back, it is
+    #: told to stop them (they may still run there, and nobody waits for them any more).
+    abandoned: list[str] = field(default_factory=list)
 
     @property
     def state(self) -> str:
@@ -65,6 +72,7 @@ class Call:
     node: NodeSession | None = None
     idempotent: bool = False
     asked_again: bool = False
+    as_framed: bool = False  # the client's frame says it all (its owner is true): forward it as it came
     deliveries: int = 0
     started: float = 0.0
     attachment: Attachment | None = None  # the call's payload, when it travels apart from its envelope

@@ -25,57 +25,59 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x65\x61syremote/v1/envelope.proto\x12\reasyremote.v1\"\xc1\x01\n\x05Hello\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12!\n\x04role\x18\x02 \x01(\x0e\x32\x13.easyremote.v1.Role\x12\x0f\n\x07node_id\x18\x03 \x01(\t\x12\r\n\x05token\x18\x04 \x01(\t\x12\x1a\n\x12heartbeat_interval\x18\x05 \x01(\x01\x12\x19\n\x11heartbeat_timeout\x18\x06 \x01(\x01\x12\x10\n\x08software\x18\x07 \x01(\t\x12\x12\n\nclient_key\x18\x08 \x01(\x0c\"e\n\x07Welcome\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x12\n\ngateway_id\x18\x03 \x01(\t\x12\x18\n\x10max_message_size\x18\x04 \x01(\x04\"\xc1\x01\n\x06Reject\x12,\n\x06reason\x18\x01 \x01(\x0e\x32\x1c.easyremote.v1.Reject.Reason\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x18\n\x10protocol_version\x18\x03 \x01(\r\"^\n\x06Reason\x12\x16\n\x12REASON_UNSPECIFIED\x10\x00\x12\x13\n\x0fREASON_PROTOCOL\x10\x01\x12\x0f\n\x0bREASON_AUTH\x10\x02\x12\x16\n\x12REASON_BAD_REQUEST\x10\x03\"\'\n\tHeartbeat\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\r\n\x05reply\x18\x02 \x01(\x08\"T\n\x0c\x46unctionSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tstreaming\x18\x02 \x01(\x08\x12\x12\n\nidempotent\x18\x03 \x01(\x08\x12\x0f\n\x07timeout\x18\x04 \x01(\x01\"k\n\x08Register\x12.\n\tfunctions\x18\x01 \x03(\x0b\x32\x1b.easyremote.v1.FunctionSpec\x12\x16\n\x0emax_queue_size\x18\x02 \x01(\r\x12\x17\n\x0fmax_concurrency\x18\x03 \x01(\r\"\x1f\n\nRegistered\x12\x11\n\tfunctions\x18\x01 \x03(\t\"\x87\x01\n\x0b\x43\x61llRequest\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x10\n\x08\x66unction\x18\x02 \x01(\t\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\x12\x0f\n\x07node_id\x18\x04 \x01(\t\x12\x0f\n\x07timeout\x18\x05 \x01(\x01\x12\x11\n\tstreaming\x18\x06 \x01(\x08\x12\x0f\n\x07\x61ttempt\x18\x07 \x01(\r\"*\n\x06Result\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\"=\n\nStreamItem\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\x04\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\"+\n\tStreamEnd\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x04\"\xd1\x03\n\x05\x45rror\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\'\n\x04\x63ode\x18\x02 \x01(\x0e\x32\x19.easyremote.v1.Error.Code\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x13\n\x0bremote_type\x18\x04 \x01(\t\x12\x18\n\x10remote_traceback\x18\x05 \x01(\t\x12\x0f\n\x07node_id\x18\x06 \x01(\t\"\xbc\x02\n\x04\x43ode\x12\x14\n\x10\x43ODE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x43ODE_REMOTE_EXCEPTION\x10\x01\x12\x10\n\x0c\x43ODE_NO_NODE\x10\x02\x12\x12\n\x0e\x43ODE_NODE_LOST\x10\x03\x12\x12\n\x0e\x43ODE_NODE_BUSY\x10\x04\x12\x10\n\x0c\x43ODE_TIMEOUT\x10\x05\x12\x16\n\x12\x43ODE_BAD_ARGUMENTS\x10\x06\x12\x13\n\x0f\x43ODE_BAD_RESULT\x10\x07\x12\x12\n\x0e\x43ODE_TOO_LARGE\x10\x08\x12\x12\n\x0e\x43ODE_CANCELLED\x10\t\x12\x11\n\rCODE_PROTOCOL\x10\n\x12\x14\n\x10\x43ODE_UNAVAILABLE\x10\x0b\x12\x12\n\x0e\x43ODE_STREAMING\x10\x0c\x12\x11\n\rCODE_STOPPING\x10\r\x12\x12\n\x0e\x43ODE_FORBIDDEN\x10\x0e\")\n\x06\x43\x61ncel\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"0\n\x06GoAway\x12\x16\n\x0eretry_after_ms\x18\x01 \x01(\r\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x19\n\x07Goodbye\x12\x0e\n\x06reason\x18\x01 \x01(\t\"F\n\tListNodes\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\"\x8d\x01\n\x08NodeInfo\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x11\n\tfunctions\x18\x02 \x03(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12\x11\n\tin_flight\x18\x04 \x01(\r\x12\x16\n\x0emax_queue_size\x18\x05 \x01(\r\x12\x15\n\rconnected_for\x18\x06 \x01(\x01\x12\x0c\n\x04peer\x18\x07 \x01(\t\"_\n\x08NodeList\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12&\n\x05nodes\x18\x02 \x03(\x0b\x32\x17.easyremote.v1.NodeInfo\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\"\xe0\x05\n\x08\x45nvelope\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12%\n\x05hello\x18\n \x01(\x0b\x32\x14.easyremote.v1.HelloH\x00\x12)\n\x07welcome\x18\x0b \x01(\x0b\x32\x16.easyremote.v1.WelcomeH\x00\x12\'\n\x06reject\x18\x0c \x01(\x0b\x32\x15.easyremote.v1.RejectH\x00\x12-\n\theartbeat\x18\r \x01(\x0b\x32\x18.easyremote.v1.HeartbeatH\x00\x12+\n\x08register\x18\x0e \x01(\x0b\x32\x17.easyremote.v1.RegisterH\x00\x12/\n\nregistered\x18\x0f \x01(\x0b\x32\x19.easyremote.v1.RegisteredH\x00\x12*\n\x04\x63\x61ll\x18\x10 \x01(\x0b\x32\x1a.easyremote.v1.CallRequestH\x00\x12\'\n\x06result\x18\x11 \x01(\x0b\x32\x15.easyremote.v1.ResultH\x00\x12)\n\x04item\x18\x12 \x01(\x0b\x32\x19.easyremote.v1.StreamItemH\x00\x12\'\n\x03\x65nd\x18\x13 \x01(\x0b\x32\x18.easyremote.v1.StreamEndH\x00\x12%\n\x05\x65rror\x18\x14 \x01(\x0b\x32\x14.easyremote.v1.ErrorH\x00\x12\'\n\x06\x63\x61ncel\x18\x15 \x01(\x0b\x32\x15.easyremote.v1.CancelH\x00\x12(\n\x07go_away\x18\x16 \x01(\x0b\x32\x15.easyremote.v1.GoAwayH\x00\x12.\n\nlist_nodes\x18\x17 \x01(\x0b\x32\x18.easyremote.v1.ListNodesH\x00\x12,\n\tnode_list\x18\x18 \x01(\x0b\x32\x17.easyremote.v1.NodeListH\x00\x12)\n\x07goodbye\x18\x19 \x01(\x0b\x32\x16.easyremote.v1.GoodbyeH\x00\x42\x06\n\x04\x62ody*<\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\r\n\tROLE_NODE\x10\x01\x12\x0f\n\x0bROLE_CLIENT\x10\x02\x32G\n\x07Gateway\x12<\n\x04Link\x12\x17.easyremote.v1.Envelope\x1a\x17.easyremote.v1.Envelope(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x65\x61syremote/v1/envelope.proto\x12\reasyremote.v1\"\xd6\x01\n\x05Hello\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12!\n\x04role\x18\x02 \x01(\x0e\x32\x13.easyremote.v1.Role\x12\x0f\n\x07node_id\x18\x03 \x01(\t\x12\r\n\x05token\x18\x04 \x01(\t\x12\x1a\n\x12heartbeat_interval\x18\x05 \x01(\x01\x12\x19\n\x11heartbeat_timeout\x18\x06 \x01(\x01\x12\x10\n\x08software\x18\x07 \x01(\t\x12\x12\n\nclient_key\x18\x08 \x01(\x0c\x12\x13\n\x0bincarnation\x18\t \x01(\x0c\"t\n\x07Welcome\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x12\n\ngateway_id\x18\x03 \x01(\t\x12\x18\n\x10max_message_size\x18\x04 \x01(\x04\x12\r\n\x05owner\x18\x05 \x01(\x0c\"\xc1\x01\n\x06Reject\x12,\n\x06reason\x18\x01 \x01(\x0e\x32\x1c.easyremote.v1.Reject.Reason\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x18\n\x10protocol_version\x18\x03 \x01(\r\"^\n\x06Reason\x12\x16\n\x12REASON_UNSPECIFIED\x10\x00\x12\x13\n\x0fREASON_PROTOCOL\x10\x01\x12\x0f\n\x0bREASON_AUTH\x10\x02\x12\x16\n\x12REASON_BAD_REQUEST\x10\x03\"\'\n\tHeartbeat\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\r\n\x05reply\x18\x02 \x01(\x08\"T\n\x0c\x46unctionSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tstreaming\x18\x02 \x01(\x08\x12\x12\n\nidempotent\x18\x03 \x01(\x08\x12\x0f\n\x07timeout\x18\x04 \x01(\x01\"k\n\x08Register\x12.\n\tfunctions\x18\x01 \x03(\x0b\x32\x1b.easyremote.v1.FunctionSpec\x12\x16\n\x0emax_queue_size\x18\x02 \x01(\r\x12\x17\n\x0fmax_concurrency\x18\x03 \x01(\r\"\x1f\n\nRegistered\x12\x11\n\tfunctions\x18\x01 \x03(\t\"\xbb\x01\n\x0b\x43\x61llRequest\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x10\n\x08\x66unction\x18\x02 \x01(\t\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\x12\x0f\n\x07node_id\x18\x04 \x01(\t\x12\x0f\n\x07timeout\x18\x05 \x01(\x01\x12\x11\n\tstreaming\x18\x06 \x01(\x08\x12\x0f\n\x07\x61ttempt\x18\x07 \x01(\r\x12\r\n\x05owner\x18\x08 \x01(\x0c\x12\x0e\n\x06resume\x18\t \x01(\x08\x12\x13\n\x0bincarnation\x18\n \x01(\x0c\"?\n\x06Routed\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x13\n\x0bincarnation\x18\x03 \x01(\x0c\"*\n\x06Result\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\"=\n\nStreamItem\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\x04\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\"+\n\tStreamEnd\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x04\"\xd1\x03\n\x05\x45rror\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\'\n\x04\x63ode\x18\x02 \x01(\x0e\x32\x19.easyremote.v1.Error.Code\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x13\n\x0bremote_type\x18\x04 \x01(\t\x12\x18\n\x10remote_traceback\x18\x05 \x01(\t\x12\x0f\n\x07node_id\x18\x06 \x01(\t\"\xbc\x02\n\x04\x43ode\x12\x14\n\x10\x43ODE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x43ODE_REMOTE_EXCEPTION\x10\x01\x12\x10\n\x0c\x43ODE_NO_NODE\x10\x02\x12\x12\n\x0e\x43ODE_NODE_LOST\x10\x03\x12\x12\n\x0e\x43ODE_NODE_BUSY\x10\x04\x12\x10\n\x0c\x43ODE_TIMEOUT\x10\x05\x12\x16\n\x12\x43ODE_BAD_ARGUMENTS\x10\x06\x12\x13\n\x0f\x43ODE_BAD_RESULT\x10\x07\x12\x12\n\x0e\x43ODE_TOO_LARGE\x10\x08\x12\x12\n\x0e\x43ODE_CANCELLED\x10\t\x12\x11\n\rCODE_PROTOCOL\x10\n\x12\x14\n\x10\x43ODE_UNAVAILABLE\x10\x0b\x12\x12\n\x0e\x43ODE_STREAMING\x10\x0c\x12\x11\n\rCODE_STOPPING\x10\r\x12\x12\n\x0e\x43ODE_FORBIDDEN\x10\x0e\")\n\x06\x43\x61ncel\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"0\n\x06GoAway\x12\x16\n\x0eretry_after_ms\x18\x01 \x01(\r\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x19\n\x07Goodbye\x12\x0e\n\x06reason\x18\x01 \x01(\t\"F\n\tListNodes\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\"\x8d\x01\n\x08NodeInfo\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x11\n\tfunctions\x18\x02 \x03(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12\x11\n\tin_flight\x18\x04 \x01(\r\x12\x16\n\x0emax_queue_size\x18\x05 \x01(\r\x12\x15\n\rconnected_for\x18\x06 \x01(\x01\x12\x0c\n\x04peer\x18\x07 \x01(\t\"_\n\x08NodeList\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12&\n\x05nodes\x18\x02 \x03(\x0b\x32\x17.easyremote.v1.NodeInfo\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\"\x89\x06\n\x08\x45nvelope\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12%\n\x05hello\x18\n \x01(\x0b\x32\x14.easyremote.v1.HelloH\x00\x12)\n\x07welcome\x18\x0b \x01(\x0b\x32\x16.easyremote.v1.WelcomeH\x00\x12\'\n\x06reject\x18\x0c \x01(\x0b\x32\x15.easyremote.v1.RejectH\x00\x12-\n\theartbeat\x18\r \x01(\x0b\x32\x18.easyremote.v1.HeartbeatH\x00\x12+\n\x08register\x18\x0e \x01(\x0b\x32\x17.easyremote.v1.RegisterH\x00\x12/\n\nregistered\x18\x0f \x01(\x0b\x32\x19.easyremote.v1.RegisteredH\x00\x12*\n\x04\x63\x61ll\x18\x10 \x01(\x0b\x32\x1a.easyremote.v1.CallRequestH\x00\x12\'\n\x06result\x18\x11 \x01(\x0b\x32\x15.easyremote.v1.ResultH\x00\x12)\n\x04item\x18\x12 \x01(\x0b\x32\x19.easyremote.v1.StreamItemH\x00\x12\'\n\x03\x65nd\x18\x13 \x01(\x0b\x32\x18.easyremote.v1.StreamEndH\x00\x12%\n\x05\x65rror\x18\x14 \x01(\x0b\x32\x14.easyremote.v1.ErrorH\x00\x12\'\n\x06\x63\x61ncel\x18\x15 \x01(\x0b\x32\x15.easyremote.v1.CancelH\x00\x12(\n\x07go_away\x18\x16 \x01(\x0b\x32\x15.easyremote.v1.GoAwayH\x00\x12.\n\nlist_nodes\x18\x17 \x01(\x0b\x32\x18.easyremote.v1.ListNodesH\x00\x12,\n\tnode_list\x18\x18 \x01(\x0b\x32\x17.easyremote.v1.NodeListH\x00\x12)\n\x07goodbye\x18\x19 \x01(\x0b\x32\x16.easyremote.v1.GoodbyeH\x00\x12\'\n\x06routed\x18\x1a \x01(\x0b\x32\x15.easyremote.v1.RoutedH\x00\x42\x06\n\x04\x62ody*<\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\r\n\tROLE_NODE\x10\x01\x12\x0f\n\x0bROLE_CLIENT\x10\x02\x32G\n\x07Gateway\x12<\n\x04Link\x12\x17.easyremote.v1.Envelope\x1a\x17.easyremote.v1.Envelope(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'easyremote.v1.envelope_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ROLE']._serialized_start=2741
-  _globals['_ROLE']._serialized_end=2801
+  _globals['_ROLE']._serialized_start=2935
+  _globals['_ROLE']._serialized_end=2995
   _globals['_HELLO']._serialized_start=48
-  _globals['_HELLO']._serialized_end=241
-  _globals['_WELCOME']._serialized_start=243
-  _globals['_WELCOME']._serialized_end=344
-  _globals['_REJECT']._serialized_start=347
-  _globals['_REJECT']._serialized_end=540
-  _globals['_REJECT_REASON']._serialized_start=446
-  _globals['_REJECT_REASON']._serialized_end=540
-  _globals['_HEARTBEAT']._serialized_start=542
-  _globals['_HEARTBEAT']._serialized_end=581
-  _globals['_FUNCTIONSPEC']._serialized_start=583
-  _globals['_FUNCTIONSPEC']._serialized_end=667
-  _globals['_REGISTER']._serialized_start=669
-  _globals['_REGISTER']._serialized_end=776
-  _globals['_REGISTERED']._serialized_start=778
-  _globals['_REGISTERED']._serialized_end=809
-  _globals['_CALLREQUEST']._serialized_start=812
-  _globals['_CALLREQUEST']._serialized_end=947
-  _globals['_RESULT']._serialized_start=949
-  _globals['_RESULT']._serialized_end=991
-  _globals['_STREAMITEM']._serialized_start=993
-  _globals['_STREAMITEM']._serialized_end=1054
-  _globals['_STREAMEND']._serialized_start=1056
-  _globals['_STREAMEND']._serialized_end=1099
-  _globals['_ERROR']._serialized_start=1102
-  _globals['_ERROR']._serialized_end=1567
-  _globals['_ERROR_CODE']._serialized_start=1251
-  _globals['_ERROR_CODE']._serialized_end=1567
-  _globals['_CANCEL']._serialized_start=1569
-  _globals['_CANCEL']._serialized_end=1610
-  _globals['_GOAWAY']._serialized_start=1612
-  _globals['_GOAWAY']._serialized_end=1660
-  _globals['_GOODBYE']._serialized_start=1662
-  _globals['_GOODBYE']._serialized_end=1687
-  _globals['_LISTNODES']._serialized_start=1689
-  _globals['_LISTNODES']._serialized_end=1759
-  _globals['_NODEINFO']._serialized_start=1762
-  _globals['_NODEINFO']._serialized_end=1903
-  _globals['_NODELIST']._serialized_start=1905
-  _globals['_NODELIST']._serialized_end=2000
-  _globals['_ENVELOPE']._serialized_start=2003
-  _globals['_ENVELOPE']._serialized_end=2739
-  _globals['_GATEWAY']._serialized_start=2803
-  _globals['_GATEWAY']._serialized_end=2874
+  _globals['_HELLO']._serialized_end=262
+  _globals['_WELCOME']._serialized_start=264
+  _globals['_WELCOME']._serialized_end=380
+  _globals['_REJECT']._serialized_start=383
+  _globals['_REJECT']._serialized_end=576
+  _globals['_REJECT_REASON']._serialized_start=482
+  _globals['_REJECT_REASON']._serialized_end=576
+  _globals['_HEARTBEAT']._serialized_start=578
+  _globals['_HEARTBEAT']._serialized_end=617
+  _globals['_FUNCTIONSPEC']._serialized_start=619
+  _globals['_FUNCTIONSPEC']._serialized_end=703
+  _globals['_REGISTER']._serialized_start=705
+  _globals['_REGISTER']._serialized_end=812
+  _globals['_REGISTERED']._serialized_start=814
+  _globals['_REGISTERED']._serialized_end=845
+  _globals['_CALLREQUEST']._serialized_start=848
+  _globals['_CALLREQUEST']._serialized_end=1035
+  _globals['_ROUTED']._serialized_start=1037
+  _globals['_ROUTED']._serialized_end=1100
+  _globals['_RESULT']._serialized_start=1102
+  _globals['_RESULT']._serialized_end=1144
+  _globals['_STREAMITEM']._serialized_start=1146
+  _globals['_STREAMITEM']._serialized_end=1207
+  _globals['_STREAMEND']._serialized_start=1209
+  _globals['_STREAMEND']._serialized_end=1252
+  _globals['_ERROR']._serialized_start=1255
+  _globals['_ERROR']._serialized_end=1720
+  _globals['_ERROR_CODE']._serialized_start=1404
+  _globals['_ERROR_CODE']._serialized_end=1720
+  _globals['_CANCEL']._serialized_start=1722
+  _globals['_CANCEL']._serialized_end=1763
+  _globals['_GOAWAY']._serialized_start=1765
+  _globals['_GOAWAY']._serialized_end=1813
+  _globals['_GOODBYE']._serialized_start=1815
+  _globals['_GOODBYE']._serialized_end=1840
+  _globals['_LISTNODES']._serialized_start=1842
+  _globals['_LISTNODES']._serialized_end=1912
+  _globals['_NODEINFO']._serialized_start=1915
+  _globals['_NODEINFO']._serialized_end=2056
+  _globals['_NODELIST']._serialized_start=2058
+  _globals['_NODELIST']._serialized_end=2153
+  _globals['_ENVELOPE']._serialized_start=2156
+  _globals['_ENVELOPE']._serialized_end=2933
+  _globals['_GATEWAY']._serialized_start=2997
+  _globals['_GATEWAY']._serialized_end=3068
 # @@protoc_insertion_point(module_scope)

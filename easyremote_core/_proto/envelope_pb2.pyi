@@ -18,7 +18,7 @@ ROLE_NODE: Role
 ROLE_CLIENT: Role
 
 class Hello(_message.Message):
-    __slots__ = ("protocol_version", "role", "node_id", "token", "heartbeat_interval", "heartbeat_timeout", "software", "client_key")
+    __slots__ = ("protocol_version", "role", "node_id", "token", "heartbeat_interval", "heartbeat_timeout", "software", "client_key", "incarnation")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -27,6 +27,7 @@ class Hello(_message.Message):
     HEARTBEAT_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     SOFTWARE_FIELD_NUMBER: _ClassVar[int]
     CLIENT_KEY_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
     role: Role
     node_id: str
@@ -35,19 +36,22 @@ class Hello(_message.Message):
     heartbeat_timeout: float
     software: str
     client_key: bytes
-    def __init__(self, protocol_version: _Optional[int] = ..., role: _Optional[_Union[Role, str]] = ..., node_id: _Optional[str] = ..., token: _Optional[str] = ..., heartbeat_interval: _Optional[float] = ..., heartbeat_timeout: _Optional[float] = ..., software: _Optional[str] = ..., client_key: _Optional[bytes] = ...) -> None: ...
+    incarnation: bytes
+    def __init__(self, protocol_version: _Optional[int] = ..., role: _Optional[_Union[Role, str]] = ..., node_id: _Optional[str] = ..., token: _Optional[str] = ..., heartbeat_interval: _Optional[float] = ..., heartbeat_timeout: _Optional[float] = ..., software: _Optional[str] = ..., client_key: _Optional[bytes] = ..., incarnation: _Optional[bytes] = ...) -> None: ...
 
 class Welcome(_message.Message):
-    __slots__ = ("protocol_version", "session_id", "gateway_id", "max_message_size")
+    __slots__ = ("protocol_version", "session_id", "gateway_id", "max_message_size", "owner")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     GATEWAY_ID_FIELD_NUMBER: _ClassVar[int]
     MAX_MESSAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
     session_id: str
     gateway_id: str
     max_message_size: int
-    def __init__(self, protocol_version: _Optional[int] = ..., session_id: _Optional[str] = ..., gateway_id: _Optional[str] = ..., max_message_size: _Optional[int] = ...) -> None: ...
+    owner: bytes
+    def __init__(self, protocol_version: _Optional[int] = ..., session_id: _Optional[str] = ..., gateway_id: _Optional[str] = ..., max_message_size: _Optional[int] = ..., owner: _Optional[bytes] = ...) -> None: ...
 
 class Reject(_message.Message):
     __slots__ = ("reason", "message", "protocol_version")
@@ -106,7 +110,7 @@ class Registered(_message.Message):
     def __init__(self, functions: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CallRequest(_message.Message):
-    __slots__ = ("call_id", "function", "payload", "node_id", "timeout", "streaming", "attempt")
+    __slots__ = ("call_id", "function", "payload", "node_id", "timeout", "streaming", "attempt", "owner", "resume", "incarnation")
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
     FUNCTION_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
@@ -114,6 +118,9 @@ class CallRequest(_message.Message):
     TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     STREAMING_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    RESUME_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
     call_id: str
     function: str
     payload: bytes
@@ -121,7 +128,20 @@ class CallRequest(_message.Message):
     timeout: float
     streaming: bool
     attempt: int
-    def __init__(self, call_id: _Optional[str] = ..., function: _Optional[str] = ..., payload: _Optional[bytes] = ..., node_id: _Optional[str] = ..., timeout: _Optional[float] = ..., streaming: _Optional[bool] = ..., attempt: _Optional[int] = ...) -> None: ...
+    owner: bytes
+    resume: bool
+    incarnation: bytes
+    def __init__(self, call_id: _Optional[str] = ..., function: _Optional[str] = ..., payload: _Optional[bytes] = ..., node_id: _Optional[str] = ..., timeout: _Optional[float] = ..., streaming: _Optional[bool] = ..., attempt: _Optional[int] = ..., owner: _Optional[bytes] = ..., resume: _Optional[bool] = ..., incarnation: _Optional[bytes] = ...) -> None: ...
+
+class Routed(_message.Message):
+    __slots__ = ("call_id", "node_id", "incarnation")
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
+    call_id: str
+    node_id: str
+    incarnation: bytes
+    def __init__(self, call_id: _Optional[str] = ..., node_id: _Optional[str] = ..., incarnation: _Optional[bytes] = ...) -> None: ...
 
 class Result(_message.Message):
     __slots__ = ("call_id", "payload")
@@ -258,7 +278,7 @@ class NodeList(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., nodes: _Optional[_Iterable[_Union[NodeInfo, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class Envelope(_message.Message):
-    __slots__ = ("protocol_version", "hello", "welcome", "reject", "heartbeat", "register", "registered", "call", "result", "item", "end", "error", "cancel", "go_away", "list_nodes", "node_list", "goodbye")
+    __slots__ = ("protocol_version", "hello", "welcome", "reject", "heartbeat", "register", "registered", "call", "result", "item", "end", "error", "cancel", "go_away", "list_nodes", "node_list", "goodbye", "routed")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     HELLO_FIELD_NUMBER: _ClassVar[int]
     WELCOME_FIELD_NUMBER: _ClassVar[int]
@@ -276,6 +296,7 @@ class Envelope(_message.Message):
     LIST_NODES_FIELD_NUMBER: _ClassVar[int]
     NODE_LIST_FIELD_NUMBER: _ClassVar[int]
     GOODBYE_FIELD_NUMBER: _ClassVar[int]
+    ROUTED_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
     hello: Hello
     welcome: Welcome
@@ -293,4 +314,5 @@ class Envelope(_message.Message):
     list_nodes: ListNodes
     node_list: NodeList
     goodbye: Goodbye
-    def __init__(self, protocol_version: _Optional[int] = ..., hello: _Optional[_Union[Hello, _Mapping]] = ..., welcome: _Optional[_Union[Welcome, _Mapping]] = ..., reject: _Optional[_Union[Reject, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., register: _Optional[_Union[Register, _Mapping]] = ..., registered: _Optional[_Union[Registered, _Mapping]] = ..., call: _Optional[_Union[CallRequest, _Mapping]] = ..., result: _Optional[_Union[Result, _Mapping]] = ..., item: _Optional[_Union[StreamItem, _Mapping]] = ..., end: _Optional[_Union[StreamEnd, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., go_away: _Optional[_Union[GoAway, _Mapping]] = ..., list_nodes: _Optional[_Union[ListNodes, _Mapping]] = ..., node_list: _Optional[_Union[NodeList, _Mapping]] = ..., goodbye: _Optional[_Union[Goodbye, _Mapping]] = ...) -> None: ...
+    routed: Routed
+    def __init__(self, protocol_version: _Optional[int] = ..., hello: _Optional[_Union[Hello, _Mapping]] = ..., welcome: _Optional[_Union[Welcome, _Mapping]] = ..., reject: _Optional[_Union[Reject, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., register: _Optional[_Union[Register, _Mapping]] = ..., registered: _Optional[_Union[Registered, _Mapping]] = ..., call: _Optional[_Union[CallRequest, _Mapping]] = ..., result: _Optional[_Union[Result, _Mapping]] = ..., item: _Optional[_Union[StreamItem, _Mapping]] = ..., end: _Optional[_Union[StreamEnd, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., go_away: _Optional[_Union[GoAway, _Mapping]] = ..., list_nodes: _Optional[_Union[ListNodes, _Mapping]] = ..., node_list: _Optional[_Union[NodeList, _Mapping]] = ..., goodbye: _Optional[_Union[Goodbye, _Mapping]] = ..., routed: _Optional[_Union[Routed, _Mapping]] = ...) -> None: ...

@@ -10,7 +10,7 @@ import psutil
 import pytest
 from easyremote_tcp import TcpTransport
 
-from easyremote.errors import ConnectionLostError, GatewayUnavailableError
+from easyremote.errors import GatewayUnavailableError
 from easyremote_core.testing.chaos import ChaosProxy
 
 from .conftest import FAST, calling, gateway_process, in_thread, scenario_node
@@ -56,40 +56,6 @@ async def test_gateway_restart(transport: str, timeline) -> None:
         assert served - listening < 5.0
         # add() is idempotent: a call caught by the restart is asked again, never lost
         assert calls.failures() == []
-
-
-async def test_a_non_idempotent_call_caught_by_a_restart_is_reported_not_rerun(timeline) -> None:
-    with gateway_process("grpc") as gateway:
-        address = f"grpc://{gateway.address}"
-        node = scenario_node(address)
-        runs: list[float] = []
-        running = anyio.Event()
-
-        @node.register
-        async def slow_count(seconds: float) -> str:
-            runs.append(anyio.current_time())
-            running.set()
-            await anyio.sleep(seconds)
-            return "ran"
-
-        async with node, calling(address) as calls:
-            await node.wait_ready()
-            outcome: dict[str, BaseException] = {}
-
-            async def call() -> None:
-                try:
-                    await calls.client.execute("slow_count", 2.0)
-                except ConnectionLostError as exc:
-                    outcome["error"] = exc
-
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(call)
-                await running.wait()
-                await in_thread(gateway.kill)
-                await in_thread(gateway.restart)
-            assert "error" in outcome, "the call should report that its outcome is unknown"
-            assert "not idempotent" in str(outcome["error"])
-            assert len(runs) == 1  # run at most once
 
 
 @pytest.mark.parametrize("transport", ["grpc", "tcp"])

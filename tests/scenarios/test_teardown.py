@@ -37,7 +37,7 @@ async def test_a_hundred_forced_reconnects_leak_nothing(transport: str) -> None:
         @node.register
         async def hold() -> None:
             started.set()
-            await anyio.sleep_forever()  # cancelled by every lost link
+            await anyio.sleep_forever()  # cancelled once the node is back: the gateway reported it lost
 
         ready = anyio.Event()
 

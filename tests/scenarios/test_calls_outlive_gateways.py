@@ -1,0 +1,137 @@
+"""A call that must not run twice outlives the gateway that carried it: its node keeps it and
+answers it through whichever gateway its caller reaches next (SPEC §8). Real gateway processes,
+real SIGKILL."""
+
+from __future__ import annotations
+
+import functools
+import time
+from typing import Any
+
+import anyio
+import pytest
+
+from easyremote import AsyncClient, ComputeNode
+from easyremote.errors import NodeLostError
+from easyremote_core._supervisor import ConnectionState
+from easyremote_core.testing.processes import PythonProcess
+
+from .conftest import FAST, gateway_process, in_thread
+
+pytestmark = pytest.mark.timeout(90)
+
+CALL_SECONDS = 3.0
+
+
+class Charges:
+    """A non-idempotent function that takes CALL_SECONDS: each run is counted, and when it finished."""
+
+    def __init__(self) -> None:
+        self.runs = 0
+        self.finished_at: float | None = None  # wall clock
+        self.running = anyio.Event()
+
+    def node(self, address: str) -> ComputeNode:
+        node = ComputeNode(address, "charging-node", **FAST)
+
+        @node.register
+        async def charge(amount: int) -> str:
+            self.runs += 1
+            self.running.set()
+            await anyio.sleep(CALL_SECONDS)
+            self.finished_at = time.time()
+            return f"charged {amount}"
+
+        return node
+
+
+async def _all_linked(peer: Any) -> None:
+    """Until every gateway link of a node or client is ready."""
+    gateways = peer._supervisor
+    while not all(s.state is ConnectionState.READY for s in gateways.supervisors):
+        await gateways.wait_changed()
+
+
+async def _call(client: AsyncClient, outcome: dict[str, Any]) -> None:
+    try:
+        outcome["value"] = await client.execute("charge", 7)
+    except Exception as exc:
+        outcome["error"] = exc
+    outcome["at"] = time.time()
+
+
+@pytest.mark.parametrize("transport", ["grpc", "tcp"])
+async def test_a_call_returns_through_the_other_gateway_when_its_gateway_is_killed(transport: str) -> None:
+    with gateway_process(transport) as first, gateway_process(transport) as second:
+        addresses = f"{transport}://{first.address},{transport}://{second.address}"
+        charges = Charges()
+        async with charges.node(addresses) as node, AsyncClient(addresses, timeout=30, **FAST) as client:
+            await _all_linked(node)
+            await _all_linked(client)
+            outcome: dict[str, Any] = {}
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_call, client, outcome)
+                await charges.running.wait()
+                carrying = client._current
+                assert carrying is not None
+                gateway = first if str(carrying.address) == first.address else second
+                await in_thread(gateway.kill)  # SIGKILL: its call table dies with it
+        assert "error" not in outcome, outcome
+        assert outcome["value"] == "charged 7"
+        assert charges.runs == 1
+        assert charges.finished_at is not None and outcome["at"] - charges.finished_at < 1.0
+
+
+@pytest.mark.parametrize("transport", ["grpc", "tcp"])
+async def test_a_call_returns_after_its_only_gateway_restarts(transport: str) -> None:
+    with gateway_process(transport) as gateway:
+        address = f"{transport}://{gateway.address}"
+        charges = Charges()
+        async with charges.node(address), AsyncClient(address, timeout=30, **FAST) as client:
+            await client.wait_ready()
+            outcome: dict[str, Any] = {}
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_call, client, outcome)
+                await charges.running.wait()
+                await in_thread(gateway.restart)  # SIGKILL, then a fresh gateway on the same port
+        assert "error" not in outcome, outcome
+        assert outcome["value"] == "charged 7"
+        assert charges.runs == 1
+        assert charges.finished_at is not None and outcome["at"] - charges.finished_at < 1.0
+
+
+NODE = """
+import sys, anyio
+from easyremote import ComputeNode
+
+node = ComputeNode(sys.argv[1], "doomed-node", heartbeat_interval=0.5, heartbeat_timeout=2.0,
+                   reconnect_interval=0.5)
+
+@node.register
+async def charge(amount: int) -> str:
+    print("running", flush=True)
+    await anyio.sleep(30)
+    return "charged"
+
+node.serve()
+"""
+
+
+@pytest.mark.parametrize("transport", ["grpc", "tcp"])
+async def test_when_the_node_itself_dies_the_caller_hears_it_may_or_may_not_have_run(transport: str) -> None:
+    with gateway_process(transport) as first, gateway_process(transport) as second:
+        addresses = f"{transport}://{first.address},{transport}://{second.address}"
+        with PythonProcess(NODE, args=(addresses,), name="node") as node:
+            node.start()
+            async with AsyncClient(addresses, timeout=30, **FAST) as client:
+                await _all_linked(client)
+                await in_thread(functools.partial(node.wait_for_line, "Registered to VPS successfully", 20.0, count=2))
+                outcome: dict[str, Any] = {}
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(_call, client, outcome)
+                    await in_thread(node.wait_for_line, "running", 20.0)
+                    killed = time.time()
+                    await in_thread(node.kill)
+        assert isinstance(outcome.get("error"), NodeLostError), outcome
+        assert "may or may not have run" in str(outcome["error"])
+        assert outcome["at"] - killed < 1.0
