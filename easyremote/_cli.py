@@ -71,8 +71,13 @@ def _parser() -> argparse.ArgumentParser:
     gateway.add_argument("--node-grace", type=float, default=None,
                          help="how long calls wait for a lost node to come back (default: --heartbeat-timeout)")
     gateway.add_argument("--startup-grace", type=float, default=None,
-                         help="after start, how long calls for functions nobody registered yet wait for nodes "
-                         "to return (default: --heartbeat-timeout)")
+                         help="how long a call for a function served before waits when none of its nodes is "
+                         "here, e.g. after a restart (default: --heartbeat-timeout)")
+    gateway.add_argument("--state-file", default=None, metavar="FILE",
+                         help="SQLite file of the nodes and functions this gateway served, read at start "
+                         "(default: easyremote/gateway-PORT.sqlite3 in the user's state directory)")
+    gateway.add_argument("--no-state-file", action="store_true",
+                         help="remember what was served in memory only (a restart forgets it)")
     gateway.add_argument("--max-message-size", type=_size, default=DEFAULT_MAX_MESSAGE_SIZE, metavar="BYTES",
                          help="largest frame accepted, e.g. 16MiB (default 64MiB)")
     gateway.add_argument("--max-peer-buffer", type=_size, default=None, metavar="BYTES",
@@ -186,6 +191,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
 
 
+def _state_file(options: argparse.Namespace) -> str | None:
+    if options.no_state_file:
+        if options.state_file:
+            raise ConfigurationError("--state-file and --no-state-file exclude each other")
+        return None
+    if options.state_file:
+        return str(options.state_file)
+    import platformdirs
+
+    return os.path.join(platformdirs.user_state_dir("easyremote"), f"gateway-{options.port}.sqlite3")
+
+
 def _gateway(options: argparse.Namespace) -> int:
     limit_malloc_arenas()  # before gRPC's threads allocate: less memory per connected node
     tls = None
@@ -200,7 +217,8 @@ def _gateway(options: argparse.Namespace) -> int:
                       startup_grace=options.startup_grace, max_message_size=options.max_message_size,
                       max_peer_buffer=options.max_peer_buffer, handshake_timeout=options.handshake_timeout,
                       max_pending_handshakes=options.max_pending_handshakes,
-                      auth_token=options.token, credentials=options.credentials, tls=tls)
+                      auth_token=options.token, credentials=options.credentials, tls=tls,
+                      state_file=_state_file(options))
 
     async def run() -> None:
         async with gateway:  # it logs each address it listens on, once

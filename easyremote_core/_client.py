@@ -207,6 +207,9 @@ class AsyncClient:
         self._call_prefix = secrets.token_hex(12)
         self._call_numbers = itertools.count(1)
         self._queries: dict[str, MemoryObjectSendStream[pb.NodeList]] = {}
+        #: Functions a node has answered: a call for one waits for its nodes if none is there
+        #: (a gateway that restarted without a state file does not know them yet).
+        self._served: set[str] = set()
         self._supervisor: GatewaySet | None = None
         self._current: ConnectionSupervisor | None = None  # the gateway calls go through
         self._now: Callable[[], float] = anyio.current_time  # the loop's clock, once started
@@ -393,6 +396,7 @@ class AsyncClient:
         current = self._current
         if current is not None and current.welcome is not None:
             request.owner = current.welcome.owner  # the same at every gateway: it says whose call this is
+        request.served_before = request.function in self._served
         routed = pending.routed
         if routed is not None:  # asked again: the node that took it attaches it or gives its answer
             request.resume = True
@@ -440,6 +444,8 @@ class AsyncClient:
         if kind in ("result", "error", "item", "end"):
             pending = self._pending.get(getattr(envelope, kind).call_id)
             if pending is not None:
+                if kind != "error" or envelope.error.node_id:  # a node answered: the function is served
+                    self._served.add(pending.request.function)
                 pending.answers.send_nowait((envelope, attachment))
         elif kind == "routed":
             pending = self._pending.get(envelope.routed.call_id)

@@ -34,11 +34,12 @@ class CallTable:
 
     def __init__(self, *, gateway_id: str, registry: Registry, router: Router, grace: float,
                  notify: Callable[..., None], spawn: Callable[..., None], max_held_bytes: float = math.inf,
-                 quiet: Quieter | None = None) -> None:
+                 quiet: Quieter | None = None, startup_grace: float = 0.0) -> None:
         self.gateway_id = gateway_id
         self.registry = registry
         self.router = router
         self.grace = grace
+        self.startup_grace = startup_grace  # the most a call waits for a function served before to come back
         self.max_held_bytes = max_held_bytes
         self._quiet = quiet or Quieter(logger)
         self._notify = notify
@@ -127,13 +128,13 @@ class CallTable:
         if request.resume:
             self._resume(call)
             return
-        route = self.router.route(request.function, request.node_id)
+        route = self.router.route(request.function, request.node_id, remembered=request.served_before)
         if isinstance(route, Routed):
             self._send(call, route.node)
         elif isinstance(route, Refused):
             self.finish(call, error_frame(request.call_id, route.code, route.message))
         else:
-            self._spawn(self._wait_for_node, call)
+            self._spawn(self._wait_for_node, call, route.bounded)
 
     def _resume(self, call: Call) -> None:
         """A call the client was told went to a node (Routed), asked for again through this gateway:
@@ -182,9 +183,11 @@ class CallTable:
         self._notify("easyremote_call_started", call_id=request.call_id, function=request.function,
                      node_id=node.node_id)
 
-    async def _wait_for_node(self, call: Call) -> None:
+    async def _wait_for_node(self, call: Call, bounded: bool = False) -> None:
         request = call.request
         limit = request.timeout if request.timeout > 0 else self.grace
+        if bounded:  # no node of it is here: it was served before, so it may come back
+            limit = min(limit, self.startup_grace)
         with anyio.move_on_after(limit):
             while call.node is None and self.calls.get(request.call_id) is call:
                 # Route again before each wait: a node may have registered between the
@@ -192,7 +195,8 @@ class CallTable:
                 if request.resume:
                     decided = self._resumable(call)
                 else:
-                    decided = isinstance(self.router.route(request.function, request.node_id), (Routed, Refused))
+                    route = self.router.route(request.function, request.node_id, remembered=request.served_before)
+                    decided = isinstance(route, (Routed, Refused))
                 if decided:
                     self.dispatch(call)
                     return
@@ -203,6 +207,10 @@ class CallTable:
                     request.call_id, ErrorCode.CODE_NODE_LOST,
                     f"node {request.node_id}, which took call {request.call_id} of {request.function!r}, did not "
                     "come back in time; it may or may not have run", node_id=request.node_id))
+            elif bounded:
+                self.finish(call, error_frame(request.call_id, ErrorCode.CODE_NO_NODE, (
+                    f"no node serves {request.function!r}: it was served before, and no node serving it "
+                    f"came back in time (within {limit:g} s)")))
             else:
                 self.finish(call, error_frame(request.call_id, ErrorCode.CODE_NO_NODE,
                                               f"no node serving {request.function!r} came back in time"))

@@ -29,6 +29,7 @@ from .._routing import RoutingPolicy
 from .._transport import DEFAULT_MAX_MESSAGE_SIZE, Connection, LinkOptions, Listener, TLSConfig, Transport
 from ._admission import Admission, role_of, send_quietly
 from ._calls import CallTable
+from ._history import History
 from ._hosting import ServingLifecycle, open_listeners
 from ._identities import ANYONE, Credential, Identities
 from ._registry import Registry
@@ -65,6 +66,7 @@ class Gateway(ServingLifecycle):
         max_peer_buffer: int | None = None,
         node_grace: float | None = None,
         startup_grace: float | None = None,
+        state_file: str | os.PathLike[str] | None = None,
         handshake_timeout: float = 10.0,
         max_handshake_rate: float = 500.0,
         max_pending_handshakes: int = 1000,
@@ -91,6 +93,12 @@ class Gateway(ServingLifecycle):
         self.max_handshake_rate = number("max_handshake_rate", max_handshake_rate, minimum=1)
         self.max_pending_handshakes = whole("max_pending_handshakes", max_pending_handshakes, minimum=1)
         self.max_functions = whole("max_functions", max_functions, minimum=1)
+        if state_file is not None and not isinstance(state_file, (str, os.PathLike)):
+            raise ConfigurationError(f"state_file must be a path or None, got {state_file!r}")
+        self.state_file = os.fspath(state_file) if state_file is not None else None
+        #: What it has served: nodes, functions, labels, last seen; in state_file when one is given.
+        self._history = History(self.state_file)
+        self._history_opened = False
         self._identities = Identities(auth_token, credentials)
         self._transport_choice = transport
         self.transport_name = transport_name(transport)
@@ -162,6 +170,9 @@ class Gateway(ServingLifecycle):
                 for extra in self._also_listen:
                     endpoints.append((self._resolve(extra.scheme), extra.host, extra.port))
                 self._transport = endpoints[0][0]
+                if not self._history_opened:  # once: an in-memory history lives as long as the Gateway
+                    await self._history.open()
+                    self._history_opened = True
                 self._make_rooms()
                 self._call_table.now = clock()  # read twice per call: resolved once
                 self._listeners.extend(await open_listeners(stack, endpoints, options))
@@ -172,12 +183,7 @@ class Gateway(ServingLifecycle):
                 for _, _, listener in self._listeners:
                     self._task_group.start_soon(listener.serve, self._handle_connection)
                 self._listener = self._listeners[0][2]
-                if self.startup_grace > 0:
-                    # Just after a (re)start nodes are still on their way back: a call for a
-                    # function nobody has registered yet waits for them this long.
-                    assert self._router is not None
-                    self._router.accepting_unknown_until = anyio.current_time() + self.startup_grace
-                    self._task_group.start_soon(self._end_startup_grace)
+                self._task_group.start_soon(self._history.run)
                 self._log_listening()
                 started.set()
                 await self._stop_requested.wait()
@@ -214,20 +220,18 @@ class Gateway(ServingLifecycle):
                 "answer calls with pickles that run code on clients; give nodes and clients their own "
                 "credentials (credentials=, easyremote token new)")
 
-    async def _end_startup_grace(self) -> None:
-        await anyio.sleep(self.startup_grace)
-        self._nodes.changed()
-
     def _make_rooms(self) -> None:
         self._admission.start()
         self._registry = Registry(gateway_id=self.gateway_id, node_grace=self.node_grace,
                                   max_functions=self.max_functions,
                                   plugins=lambda: self.plugins, spawn=self._spawn,
-                                  on_lost=lambda session, reason: self._call_table.node_lost(session, reason))
-        self._router = Router(self._registry, self._routing)
+                                  on_lost=lambda session, reason: self._call_table.node_lost(session, reason),
+                                  history=self._history)
+        self._router = Router(self._registry, self._routing, self._history)
         self._calls = CallTable(gateway_id=self.gateway_id, registry=self._registry, router=self._router,
                                 grace=self.node_grace, notify=self._notify, spawn=self._spawn,
-                                max_held_bytes=self.max_peer_buffer, quiet=self._quiet)
+                                max_held_bytes=self.max_peer_buffer, quiet=self._quiet,
+                                startup_grace=self.startup_grace)
 
     @property
     def _call_table(self) -> CallTable:

@@ -12,6 +12,7 @@ import anyio
 
 from .._protocol import pb
 from ._admission import MAX_NAME, valid_name
+from ._history import History
 from ._identities import ANYONE, Credential
 from ._sessions import NodeSession
 
@@ -44,8 +45,9 @@ class Registry:
 
     def __init__(self, *, gateway_id: str, node_grace: float, max_functions: int,
                  plugins: Callable[[], PluginManager], spawn: Callable[..., None],
-                 on_lost: Callable[[NodeSession, str], None]) -> None:
+                 on_lost: Callable[[NodeSession, str], None], history: History | None = None) -> None:
         self.gateway_id = gateway_id
+        self.history = history or History()  # what was served: kept after the sessions are forgotten
         self.node_grace = node_grace
         self.max_functions = max_functions
         self._plugins = plugins
@@ -165,6 +167,7 @@ class Registry:
         shown = ", ".join(names[:LOGGED_NAMES]) + (f", ... and {len(names) - LOGGED_NAMES} more"
                                                    if len(names) > LOGGED_NAMES else "")
         logger.info("Node %s registered %d function(s): %s", session.node_id, len(names), shown)
+        self.history.saw(session.node_id, names, session.labels)
         self._notify("easyremote_node_registered", node_id=session.node_id, functions=names)
         self.changed()
         return names
@@ -187,6 +190,8 @@ class Registry:
     def ended(self, session: NodeSession, reason: str) -> None:
         """The session's link has ended: a leaving node is gone, any other is kept for ``node_grace``."""
         current = self.nodes.get(session.node_id) is session
+        if session.registered and current:
+            self.history.saw(session.node_id, list(session.functions), session.labels)  # last seen now
         if not session.registered:  # it never served anything: nothing to wait for
             if current:
                 self._remove(session)
@@ -221,6 +226,9 @@ class Registry:
             self.changed()
 
     def clear(self) -> None:
+        for session in self.nodes.values():  # the gateway stops: every node it has was seen now
+            if session.registered and session.lost_at is None:
+                self.history.saw(session.node_id, list(session.functions), session.labels)
         self.nodes.clear()
         self._serving.clear()
         self._ready.clear()

@@ -5,10 +5,9 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import dataclass
 
-import anyio
-
 from .._protocol import ErrorCode, pb
 from .._routing import RoutingPolicy
+from ._history import History
 from ._registry import Registry
 from ._sessions import NodeSession
 
@@ -22,7 +21,11 @@ class Routed:
 
 @dataclass(frozen=True)
 class Wait:
-    """A node that serves the function is coming back (or may, just after a start): wait for it."""
+    """A node that serves the function is coming back (``bounded=False``: it is reconnecting), or
+    may (``bounded=True``: the function, or the node asked for, was served before and no node
+    serving it is here now; that wait is bounded by ``startup_grace``)."""
+
+    bounded: bool = False
 
 
 @dataclass(frozen=True)
@@ -39,17 +42,18 @@ Route = Routed | Wait | Refused
 class Router:
     """Decides, for one call, between a node, waiting, and an error; the policy picks among ready nodes."""
 
-    def __init__(self, registry: Registry, policy: RoutingPolicy) -> None:
+    def __init__(self, registry: Registry, policy: RoutingPolicy, history: History | None = None) -> None:
         self.registry = registry
         self.policy = policy
-        self.accepting_unknown_until = 0.0  # just after a start, unknown functions wait for nodes
+        self.history = history or History()
 
-    def route(self, function: str, node_id: str = "") -> Route:
+    def route(self, function: str, node_id: str = "", *, remembered: bool = False) -> Route:
+        """Where a call goes; ``remembered``: the caller was served this function before."""
         if node_id:
             node = self.registry.nodes.get(node_id)
             if node is None:
-                if self._fresh():
-                    return Wait()
+                if self.history.knows_node(node_id):
+                    return Wait(bounded=True)
                 return Refused(ErrorCode.CODE_NO_NODE, f"node {node_id!r} is not connected")
             if function not in node.functions:
                 return Refused(ErrorCode.CODE_NO_NODE, f"node {node_id!r} does not serve {function!r}")
@@ -65,7 +69,9 @@ class Router:
                     return Routed(chosen)  # type: ignore[arg-type]
             candidates = self.registry.serving(function)  # an index: the other nodes cost nothing
         if not candidates:
-            return Wait() if self._fresh() else Refused(ErrorCode.CODE_NO_NODE, f"no node serves {function!r}")
+            if remembered or self.history.served(function):
+                return Wait(bounded=True)
+            return Refused(ErrorCode.CODE_NO_NODE, f"no node serves {function!r}")
         open_nodes = []
         staying = ready = False
         for n in candidates:
@@ -86,7 +92,3 @@ class Router:
                            f"every node serving {function!r} has a full queue (max_queue_size)")
         chosen = self.policy.choose(function, open_nodes) if len(open_nodes) > 1 else open_nodes[0]
         return Routed(chosen)  # type: ignore[arg-type]
-
-    def _fresh(self) -> bool:
-        """Just after a start: a function nobody serves yet may be served by a node coming back."""
-        return anyio.current_time() < self.accepting_unknown_until

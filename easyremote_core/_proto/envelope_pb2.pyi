@@ -110,7 +110,7 @@ class Registered(_message.Message):
     def __init__(self, functions: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CallRequest(_message.Message):
-    __slots__ = ("call_id", "function", "payload", "node_id", "timeout", "streaming", "attempt", "owner", "resume", "incarnation")
+    __slots__ = ("call_id", "function", "payload", "node_id", "timeout", "streaming", "attempt", "owner", "resume", "incarnation", "served_before")
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
     FUNCTION_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
@@ -121,6 +121,7 @@ class CallRequest(_message.Message):
     OWNER_FIELD_NUMBER: _ClassVar[int]
     RESUME_FIELD_NUMBER: _ClassVar[int]
     INCARNATION_FIELD_NUMBER: _ClassVar[int]
+    SERVED_BEFORE_FIELD_NUMBER: _ClassVar[int]
     call_id: str
     function: str
     payload: bytes
@@ -131,7 +132,8 @@ class CallRequest(_message.Message):
     owner: bytes
     resume: bool
     incarnation: bytes
-    def __init__(self, call_id: _Optional[str] = ..., function: _Optional[str] = ..., payload: _Optional[bytes] = ..., node_id: _Optional[str] = ..., timeout: _Optional[float] = ..., streaming: _Optional[bool] = ..., attempt: _Optional[int] = ..., owner: _Optional[bytes] = ..., resume: _Optional[bool] = ..., incarnation: _Optional[bytes] = ...) -> None: ...
+    served_before: bool
+    def __init__(self, call_id: _Optional[str] = ..., function: _Optional[str] = ..., payload: _Optional[bytes] = ..., node_id: _Optional[str] = ..., timeout: _Optional[float] = ..., streaming: _Optional[bool] = ..., attempt: _Optional[int] = ..., owner: _Optional[bytes] = ..., resume: _Optional[bool] = ..., incarnation: _Optional[bytes] = ..., served_before: _Optional[bool] = ...) -> None: ...
 
 class Routed(_message.Message):
     __slots__ = ("call_id", "node_id", "incarnation")

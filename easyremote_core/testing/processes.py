@@ -314,7 +314,9 @@ class GatewayProcess(ManagedProcess):
     """``python -m easyremote gateway`` as a managed subprocess on a fixed loopback port.
 
     Port 0 picks a free port once, so that ``restart()`` comes back on the same port. ``start()``
-    returns once the gateway has printed ``EasyRemote gateway listening on HOST:PORT``.
+    returns once the gateway has printed ``EasyRemote gateway listening on HOST:PORT``. Unless
+    ``args`` say otherwise, it keeps its state file in a directory of its own (removed by
+    ``close()``), as the CLI gateway does in the user's state directory: a restart reads it.
     """
 
     READY_LINE = "EasyRemote gateway listening on"
@@ -328,8 +330,20 @@ class GatewayProcess(ManagedProcess):
         self.host = host
         self.port = port or free_port(host)
         self.args = tuple(args)
+        self._state_dir: tempfile.TemporaryDirectory[str] | None = None
+        if not {"--state-file", "--no-state-file"} & set(self.args):
+            self._state_dir = tempfile.TemporaryDirectory(prefix="easyremote-gateway-")
+            self.state_file = os.path.join(self._state_dir.name, f"gateway-{self.port}.sqlite3")
+            self.args += ("--state-file", self.state_file)
         self.launcher = tuple(launcher)
         self.startup_timeout = startup_timeout
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            if self._state_dir is not None:
+                self._state_dir.cleanup()
 
     @property
     def address(self) -> str:

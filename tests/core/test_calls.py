@@ -18,7 +18,7 @@ from easyremote.errors import (
     RemoteExecutionError,
     StreamingFunctionError,
 )
-from easyremote_core import PluginManager, hookimpl
+from easyremote_core import hookimpl
 
 from .conftest import client_for, running_node
 
@@ -249,32 +249,6 @@ async def test_oversized_result_is_reported_and_the_node_goes_on(gateway) -> Non
         assert await client.execute("add", 3, 4) == 7
 
 
-async def test_a_fresh_gateway_holds_calls_until_nodes_register(transport_name: str) -> None:
-    """Just after a restart the gateway knows no functions yet; calls wait for the nodes to return."""
-    from easyremote import Gateway
-
-    manager = PluginManager()
-    manager.load_entry_points()
-    calls = CallEvents()
-    manager.register(calls)
-    async with Gateway(port=0, host="127.0.0.1", transport=transport_name, startup_grace=5.0,
-                       plugins=manager) as gw, client_for(gw) as client:
-        async with anyio.create_task_group() as tg:
-            results: list[int] = []
-            done = anyio.Event()
-
-            async def call() -> None:
-                results.append(await client.execute("add", 20, 22))
-                done.set()
-
-            tg.start_soon(call)
-            async with running_node(gw, "late", functions):
-                with anyio.fail_after(10):
-                    await done.wait()
-        assert results == [42]
-        assert calls.started == [("add", "late")]
-
-
 class CallEvents:
     def __init__(self) -> None:
         self.started: list[tuple[str, str]] = []
@@ -282,17 +256,6 @@ class CallEvents:
     @hookimpl
     def easyremote_call_started(self, gateway_id: str, call_id: str, function: str, node_id: str) -> None:
         self.started.append((function, node_id))
-
-
-async def test_after_the_startup_grace_an_unknown_function_fails(transport_name: str) -> None:
-    from easyremote import Gateway
-
-    async with Gateway(port=0, host="127.0.0.1", transport=transport_name, startup_grace=0.5) as gw, \
-            client_for(gw) as client:
-        started = anyio.current_time()
-        with pytest.raises(NoNodeAvailableError):
-            await client.execute("never_registered")
-        assert anyio.current_time() - started < 3
 
 
 def test_payloads_are_plain_pickle() -> None:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import random
 from types import SimpleNamespace
 
-import anyio
 import pytest
 
 from easyremote_core._gateway._calls import CallTable
+from easyremote_core._gateway._history import History
 from easyremote_core._gateway._registry import Registry
 from easyremote_core._gateway._router import Refused, Routed, Router, Wait
 from easyremote_core._gateway._sessions import NodeSession, Peer
@@ -44,15 +44,17 @@ def node(node_id: str, *functions: str, ready: bool = True, leaving: str = "", l
 QUIET = SimpleNamespace(notify=lambda *args, **kwargs: None)  # a plugin manager with no hooks
 
 
-def router(*nodes: NodeSession, fresh: bool = False) -> tuple[Router, Recording]:
+def router(*nodes: NodeSession, served: tuple[str, ...] = ()) -> tuple[Router, Recording]:
+    """A router over ``nodes``; ``served``: functions (and node ids) its history says were served before."""
     policy = Recording()
     registry = Registry(gateway_id="test", node_grace=1.0, max_functions=100, plugins=lambda: QUIET,  # type: ignore[arg-type,return-value]
                         spawn=lambda *args: None, on_lost=lambda session, reason: None)
     for session in nodes:
         registry.connect(session)
-    r = Router(registry, policy)
-    if fresh:
-        r.accepting_unknown_until = anyio.current_time() + 60
+    history = History()
+    for name in served:
+        history.saw(name, [name])
+    r = Router(registry, policy, history)
     return r, policy
 
 
@@ -122,12 +124,13 @@ async def test_the_ready_list_is_made_once_between_changes_of_node_state() -> No
     assert [n.node_id for n in registry.ready_serving("f")] == ["b"]
 
 
-async def test_no_node_serving_the_function_is_an_error_unless_the_gateway_just_started() -> None:
+async def test_no_node_serving_the_function_is_an_error_unless_it_was_served_before() -> None:
     r, _ = router(node("a", "f"))
     refused = r.route("g")
     assert isinstance(refused, Refused) and refused.code == ErrorCode.CODE_NO_NODE and "'g'" in refused.message
-    fresh, _ = router(node("a", "f"), fresh=True)
-    assert fresh.route("g") == Wait()
+    assert r.route("g", remembered=True) == Wait(bounded=True)  # the caller was served g before
+    known, _ = router(node("a", "f"), served=("g",))
+    assert known.route("g") == Wait(bounded=True)  # the gateway's history says g was served
 
 
 async def test_a_node_coming_back_is_waited_for_and_one_stopping_is_not() -> None:
@@ -152,8 +155,8 @@ async def test_a_pinned_node() -> None:
     assert isinstance(missing, Refused) and "'zz' is not connected" in missing.message
     wrong = r.route("g", node_id="a")
     assert isinstance(wrong, Refused) and "does not serve 'g'" in wrong.message
-    fresh, _ = router(fresh=True)
-    assert fresh.route("f", node_id="zz") == Wait()
+    known, _ = router(served=("zz",))
+    assert known.route("f", node_id="zz") == Wait(bounded=True)
 
 
 async def test_only_the_nodes_that_serve_the_function_are_looked_at() -> None:

@@ -89,9 +89,13 @@ class Calls:
 
 
 @asynccontextmanager
-async def calling(address: str, **options: Any) -> AsyncIterator[Calls]:
+async def calling(address: str, *, serving: ComputeNode | None = None, **options: Any) -> AsyncIterator[Calls]:
+    """A client calling add() throughout; with ``serving``, from when that node is ready (a gateway
+    that never saw add served answers a call for it at once: no node serves it)."""
     settings = {**FAST, "timeout": 30.0, **options}
     async with AsyncClient(address, **settings) as client, anyio.create_task_group() as tg:
+        if serving is not None:
+            await serving.wait_ready()
         calls = Calls(client)
         tg.start_soon(calls.run)
         yield calls

@@ -34,7 +34,7 @@ async def test_gateway_restart(transport: str, timeline) -> None:
     with gateway_process(transport) as gateway:
         address = f"{transport}://{gateway.address}"
         node = scenario_node(address)
-        async with node, calling(address) as calls:
+        async with node, calling(address, serving=node) as calls:
             await node.wait_ready()
             began = anyio.current_time()
             await calls.success_after(began)
@@ -65,7 +65,7 @@ async def test_network_blackhole_then_heal(transport: str, timeline) -> None:
             node = scenario_node(f"{transport}://{proxy.address}")
             states: list[tuple[float, str, str]] = []
             node.on_state_change(lambda old, new, reason: states.append((anyio.current_time(), new.value, reason)))
-            async with node, calling(f"{transport}://{gateway.address}") as calls:
+            async with node, calling(f"{transport}://{gateway.address}", serving=node) as calls:
                 await node.wait_ready()
                 await calls.success_after(anyio.current_time())
 
@@ -120,7 +120,7 @@ async def test_hung_gateway_is_detected_and_recovered_without_zombies(transport:
     with gateway_process(transport, heartbeat_timeout=2.0) as gateway:
         address = f"{transport}://{gateway.address}"
         node = scenario_node(address)
-        async with node, calling(address) as calls:
+        async with node, calling(address, serving=node) as calls:
             await node.wait_ready()
             stopped = anyio.current_time()
             await in_thread(gateway.stop)  # SIGSTOP: the port accepts, nothing answers
