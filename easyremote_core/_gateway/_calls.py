@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 import anyio
 
+from .._heartbeat import HEARTBEAT_TIMEOUT
 from .._logs import Quieter
 from .._protocol import Attachment, ErrorCode, code_name, error_frame, pb, whole_frame
 from ._registry import Registry
@@ -183,9 +184,9 @@ class CallTable:
         self._notify("easyremote_call_started", call_id=request.call_id, function=request.function,
                      node_id=node.node_id)
 
-    async def _wait_for_node(self, call: Call, bounded: bool = False) -> None:
+    async def _wait_for_node(self, call: Call, bounded: bool = False, within: float = math.inf) -> None:
         request = call.request
-        limit = request.timeout if request.timeout > 0 else self.grace
+        limit = min(request.timeout if request.timeout > 0 else self.grace, within)
         if bounded:  # no node of it is here: it was served before, so it may come back
             limit = min(limit, self.startup_grace)
         with anyio.move_on_after(limit):
@@ -235,14 +236,28 @@ class CallTable:
             self._deliver(call, envelope, attachment)
 
     def node_lost(self, node: NodeSession, reason: str) -> None:
-        """Re-route the idempotent calls of a session that ended; fail the others with NodeLost."""
+        """Re-route the idempotent calls of a session that ended; the others wait for the node when it
+        may still be running them (its link went silent, or the same run of it is already back);
+        else they fail with NodeLost."""
+        current = self.registry.nodes.get(node.node_id)
+        may_live = bool(node.incarnation) and (
+            reason == HEARTBEAT_TIMEOUT or (current is not None and current is not node
+                                            and current.incarnation == node.incarnation))
         for call in list(node.calls.values()):
             node.calls.pop(call.request.call_id, None)
             call.node = None
+            request = call.request
             if call.idempotent and call.deliveries < MAX_DELIVERIES:
                 logger.info("Re-routing idempotent call %s of %r after node %s was lost",
                             call.request.call_id, call.request.function, node.node_id)
                 self.dispatch(call)
+            elif may_live and not request.streaming:
+                logger.info("Call %s of %r waits for node %s to come back: it may still be running there",
+                            request.call_id, request.function, node.node_id)
+                request.resume = True  # to that node's same run, which attaches it or answers it
+                request.node_id = node.node_id
+                request.incarnation = node.incarnation
+                self._spawn(self._wait_for_node, call, False, self.grace)
             else:
                 node.abandoned.append(call.request.call_id)
                 self.finish(call, error_frame(

@@ -14,6 +14,7 @@ import pytest
 from easyremote import AsyncClient, ComputeNode
 from easyremote.errors import NodeLostError
 from easyremote_core._supervisor import ConnectionState
+from easyremote_core.testing.chaos import ChaosProxy
 from easyremote_core.testing.processes import PythonProcess
 
 from .conftest import FAST, gateway_process, in_thread
@@ -71,7 +72,9 @@ async def test_a_call_returns_through_the_other_gateway_when_its_gateway_is_kill
             outcome: dict[str, Any] = {}
             async with anyio.create_task_group() as tg:
                 tg.start_soon(_call, client, outcome)
-                await charges.running.wait()
+                with anyio.fail_after(10):
+                    with anyio.fail_after(10):
+                        await charges.running.wait()
                 carrying = client._current
                 assert carrying is not None
                 gateway = first if str(carrying.address) == first.address else second
@@ -87,12 +90,15 @@ async def test_a_call_returns_after_its_only_gateway_restarts(transport: str) ->
     with gateway_process(transport) as gateway:
         address = f"{transport}://{gateway.address}"
         charges = Charges()
-        async with charges.node(address), AsyncClient(address, timeout=30, **FAST) as client:
+        async with charges.node(address) as node, AsyncClient(address, timeout=30, **FAST) as client:
+            await node.wait_ready()
             await client.wait_ready()
             outcome: dict[str, Any] = {}
             async with anyio.create_task_group() as tg:
                 tg.start_soon(_call, client, outcome)
-                await charges.running.wait()
+                with anyio.fail_after(10):
+                    with anyio.fail_after(10):
+                        await charges.running.wait()
                 await in_thread(gateway.restart)  # SIGKILL, then a fresh gateway on the same port
         assert "error" not in outcome, outcome
         assert outcome["value"] == "charged 7"
@@ -135,3 +141,29 @@ async def test_when_the_node_itself_dies_the_caller_hears_it_may_or_may_not_have
         assert isinstance(outcome.get("error"), NodeLostError), outcome
         assert "may or may not have run" in str(outcome["error"])
         assert outcome["at"] - killed < 1.0
+
+
+@pytest.mark.parametrize("transport", ["grpc", "tcp"])
+async def test_a_call_waits_for_its_node_when_the_node_went_silent(transport: str) -> None:
+    """The node's link goes silent (a black hole, not a death): the gateway declares it lost at its
+    heartbeat timeout, but the node may still be running the call; it waits for the node's same run
+    to come back and takes the answer from it."""
+    with gateway_process(transport, heartbeat_timeout=1.0) as gateway:
+        async with ChaosProxy(gateway.port) as path:
+            charges = Charges()
+            async with charges.node(f"{transport}://{path.address}") as node, \
+                    AsyncClient(f"{transport}://{gateway.address}", timeout=30, **FAST) as client:
+                await node.wait_ready()
+                await client.wait_ready()
+                outcome: dict[str, Any] = {}
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(_call, client, outcome)
+                    with anyio.fail_after(10):
+                        await charges.running.wait()
+                    path.blackhole()  # both ends time out: the gateway after 1 s, the node after 2 s
+                    await anyio.sleep(2.5)
+                    path.heal()
+        assert "error" not in outcome, outcome
+        assert outcome["value"] == "charged 7"
+        assert charges.runs == 1
+        assert charges.finished_at is not None and outcome["at"] - charges.finished_at < 1.0
