@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import functools
+import json
 import os
 import signal
 import socket
@@ -428,6 +429,48 @@ def test_plugin_manager_resolves_grpc() -> None:
     assert isinstance(transport, GrpcTransport)
     assert [type(p) for p in transport.default_probes()] == [GrpcChannelStateProbe]
     assert isinstance(manager.health_probe("grpc-channel-state"), GrpcChannelStateProbe)
+
+
+# Prints what GRPC_EXPERIMENTS said when grpc was imported, and what it says once easyremote_grpc is.
+_GRPC_IMPORT_WATCH = """
+import importlib.abc, json, os, sys
+
+class Watch(importlib.abc.MetaPathFinder):
+    seen = []
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "grpc":
+            Watch.seen.append(os.environ.get("GRPC_EXPERIMENTS"))
+        return None
+
+sys.meta_path.insert(0, Watch())
+if sys.argv[1] == "grpc-first":
+    import grpc
+import easyremote_grpc
+print(json.dumps({"seen": Watch.seen, "after": os.environ.get("GRPC_EXPERIMENTS")}))
+"""
+
+
+async def _import_watched(order: str, experiments: str | None) -> dict[str, object]:
+    env = {key: value for key, value in os.environ.items() if key != "GRPC_EXPERIMENTS"}
+    if experiments is not None:
+        env["GRPC_EXPERIMENTS"] = experiments
+    with anyio.fail_after(TIMEOUT):
+        done = await anyio.run_process([sys.executable, "-c", _GRPC_IMPORT_WATCH, order], env=env)
+    result: dict[str, object] = json.loads(done.stdout)
+    return result
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the iomgr endpoints are chosen on Linux only")
+async def test_grpc_core_is_imported_with_iomgr_endpoints_unless_the_user_chose() -> None:
+    from easyremote_grpc._preload import EXPERIMENTS
+
+    # gRPC core reads the variable once, at its import; child processes do not inherit it
+    assert await _import_watched("transport-first", None) == {"seen": [EXPERIMENTS], "after": None}
+    # the user's own choice, even an empty one, is what gRPC core sees
+    assert await _import_watched("transport-first", "") == {"seen": [""], "after": ""}
+    # grpc imported before the transport: its core has read its settings, nothing is touched
+    assert await _import_watched("grpc-first", None) == {"seen": [None], "after": None}
 
 
 async def test_trio_is_refused_with_a_clear_message() -> None:
