@@ -18,7 +18,6 @@ from pathlib import Path
 
 import anyio
 import anyio.lowlevel
-import easyremote_grpc._connection as grpc_connection
 import grpc
 import grpc.aio
 import pytest
@@ -120,26 +119,35 @@ async def test_large_frame_both_ways() -> None:
             assert await connection.receive() == frame
 
 
-async def test_an_idle_link_keeps_no_writer_and_a_busy_one_keeps_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
-    # The writer stays while frames keep coming (a task made per burst cost 10 MB payloads ~30 %
-    # of their speed) and ends once none came for WRITER_LINGER: an idle gateway link holds
-    # its reader only. A frame after that starts a writer again.
-    monkeypatch.setattr(grpc_connection, "WRITER_LINGER", 0.2)
+async def test_a_lone_frame_is_handed_to_grpc_before_the_sender_yields_and_writes_need_no_task() -> None:
+    # send_nowait starts the gRPC write of a frame that comes alone (a sequential call's) itself:
+    # no writer task, no loop turn first. Frames that come in a burst (queued behind a write)
+    # wait for the loop's next turn and go out together, in order, until a frame comes alone again.
     async with serving(echo) as listener, await dial(listener.port) as connection:
         assert isinstance(connection, ClientConnection)
         with anyio.fail_after(TIMEOUT):
-            writers = set()
-            for index in range(20):  # frames every 20 ms: one writer throughout
-                await connection.send(b"frame %d" % index)
-                assert await connection.receive() == b"frame %d" % index
-                writers.add(connection._writer)
-                await anyio.sleep(0.02)
-            assert len(writers) == 1 and None not in writers
-            (writer,) = writers
-            await asyncio.wait((writer,))  # it ends by itself, WRITER_LINGER after the last frame
-            assert connection._writer is None
-            await connection.send(b"again")
-            assert await connection.receive() == b"again"
+            await connection.send(b"warm-up")  # the stream's metadata is sent
+            assert await connection.receive() == b"warm-up"
+            tasks = asyncio.all_tasks()
+
+            def lone(frame: bytes) -> None:
+                connection.send_nowait(frame)
+                assert connection._writing and connection.buffered_bytes() == 0  # handed to gRPC at once
+
+            for index in range(3):
+                lone(b"lone %d" % index)
+                assert await connection.receive() == b"lone %d" % index
+            lone(b"burst 0")
+            for index in range(1, 6):
+                connection.send_nowait(b"burst %d" % index)  # behind the write in flight
+            for index in range(6):
+                assert await connection.receive() == b"burst %d" % index
+            connection.send_nowait(b"after")  # still taken for a burst: written at the next turn
+            assert not connection._writing
+            assert await connection.receive() == b"after"
+            lone(b"alone again")
+            assert await connection.receive() == b"alone again"
+            assert asyncio.all_tasks() == tasks  # no task was made for any of it
 
 
 async def test_oversized_frame_is_refused_before_sending() -> None:
