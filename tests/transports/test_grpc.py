@@ -150,6 +150,35 @@ async def test_a_lone_frame_is_handed_to_grpc_before_the_sender_yields_and_write
             assert asyncio.all_tasks() == tasks  # no task was made for any of it
 
 
+async def test_with_frames_unanswered_a_lone_frame_waits_for_the_loop_s_next_turn() -> None:
+    # Frames sent less frames received: a link with more than one call in flight (32 callers,
+    # say) writes each frame with the others of its turn, so that messages of one frame each
+    # never become the rule; a link with one call at a time writes a lone frame at once.
+    arrived: list[bytes] = []
+    third = anyio.Event()
+
+    async def sink(connection: Connection) -> None:  # takes frames, answers none
+        try:
+            while True:
+                arrived.append(await connection.receive())
+                if len(arrived) == 3:
+                    third.set()
+        except anyio.EndOfStream:
+            pass
+
+    async with serving(sink) as listener, await dial(listener.port) as connection:
+        assert isinstance(connection, ClientConnection)
+        with anyio.fail_after(TIMEOUT):
+            for frame in (b"first", b"second"):  # at most one unanswered before each
+                connection.send_nowait(frame)
+                assert connection._writing  # written at once
+                await connection._writes_ended()
+            connection.send_nowait(b"third")  # two unanswered before it
+            assert not connection._writing and connection.buffered_bytes() == len(b"third")
+            await third.wait()  # written at the next turn
+            assert arrived == [b"first", b"second", b"third"]
+
+
 async def test_oversized_frame_is_refused_before_sending() -> None:
     options = LinkOptions(max_message_size=1024)
     async with serving(echo, options=options) as listener:

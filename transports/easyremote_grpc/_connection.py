@@ -184,12 +184,16 @@ class GrpcConnection(Connection):
         # The gRPC write in flight: what it waits for, and who waits for the writes to end.
         self._writing = False
         self._bursts = False  # frames come in bursts: each waits for the loop's next turn
+        # Frames received less frames sent: beyond one either way, more than one call (or a
+        # stream) is in flight on the link, and each write waits for the others of its turn.
+        # Frames that go one way only (a stream's items) leave it off for good: the link then
+        # writes every frame a turn later, as a busy one does.
+        self._balance = 0
         self._write_soon: asyncio.Handle | None = None  # that turn's write, while it waits
         self._kept: asyncio.TimerHandle | None = None  # holds the last large message written
         self._write_waits: asyncio.Future[Any] | None = None
         self._writes_over: asyncio.Future[None] | None = None  # _flush() and reap() wait on it
         self._write_failure: BaseException | None = None  # a write failed: the reader reports it
-        self._close_written = False  # the orderly close (_after_writes) is written
         self._reaped = False  # reap() has begun: no write starts any more
         self._reaping = False  # reap() cancels the reader and the write in flight
 
@@ -257,10 +261,12 @@ class GrpcConnection(Connection):
             raise self._unusable()
         self._outbox.append(frame)
         self._queued_bytes += len(frame)
+        balance = self._balance
+        self._balance = balance - 1
         if self._writing:
             self._bursts = True  # it waits behind a write: the next frame waits for the burst
         elif self._write_soon is None:
-            if self._bursts and self._loop is not None:
+            if (self._bursts or not -1 <= balance <= 1) and self._loop is not None:
                 # At the loop's next turn, after the tasks already woken queued their frames
                 # too: they go out in one message (each gRPC write costs a completion).
                 self._write_soon = self._loop.call_soon(self._write_burst)
@@ -321,6 +327,7 @@ class GrpcConnection(Connection):
                         )
                 # The whole batch at once: the link's receiver takes it without a yield per frame.
                 self._received.extend(frames)
+                self._balance += len(frames)
                 if self._receiver_waits is not None:
                     _wake(self._receiver_waits)
                 while len(self._received) >= RECEIVE_BUFFER and not self._closed and self._write_failure is None:
@@ -519,8 +526,7 @@ class GrpcConnection(Connection):
         """Write what is queued, then the orderly close."""
         self._closing = True
         await self._writes_ended()
-        if self._lost is None and self._write_failure is None and not self._close_written and self._loop is not None:
-            self._close_written = True
+        if self._lost is None and self._write_failure is None and self._loop is not None:  # aclose(): once
             try:
                 await self._after_writes()
             except GRPC_FAILURES as exc:
