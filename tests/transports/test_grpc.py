@@ -29,6 +29,7 @@ from easyremote_core import (
     Address,
     ConfigurationError,
     Connection,
+    ConnectionAttribute,
     ConnectionLostError,
     GatewayUnavailableError,
     LinkDead,
@@ -177,6 +178,31 @@ async def test_with_frames_unanswered_a_lone_frame_waits_for_the_loop_s_next_tur
             assert not connection._writing and connection.buffered_bytes() == len(b"third")
             await third.wait()  # written at the next turn
             assert arrived == [b"first", b"second", b"third"]
+
+
+async def test_both_ends_hand_frames_to_a_handler_as_they_are_read() -> None:
+    # deliver_frames: the reader calls the link's handler with each frame it reads, so no task
+    # waiting in receive() is woken per frame (a loop turn less per frame at every hop).
+    got: list[bytes] = []
+    all_in = anyio.Event()
+
+    def handler(frame: bytes) -> None:
+        got.append(frame)
+        if len(got) == 3:
+            all_in.set()
+
+    async def delivering(connection: Connection) -> None:
+        connection.extra(ConnectionAttribute.deliver_frames)(handler)
+        with pytest.raises(anyio.EndOfStream):
+            await connection.receive()  # only the end is received
+
+    async with serving(delivering) as listener, await dial(listener.port) as connection:
+        assert connection.extra(ConnectionAttribute.deliver_frames, None) is not None
+        with anyio.fail_after(TIMEOUT):
+            for frame in (b"a", b"b", b"c"):
+                await connection.send(frame)
+            await all_in.wait()
+    assert got == [b"a", b"b", b"c"]
 
 
 async def test_oversized_frame_is_refused_before_sending() -> None:

@@ -149,7 +149,8 @@ class GrpcConnection(Connection):
 
     grpc.aio cancels the whole RPC when a task awaiting one of its reads or writes is
     cancelled, and refuses overlapping writes. So one reader task does every read, and
-    ``receive`` takes the frames it delivered; ``send`` queues frames and the connection
+    ``receive`` takes the frames it read (after :meth:`deliver_frames`, the reader hands each
+    to the link's handler itself); ``send`` queues frames and the connection
     writes them itself, one gRPC write at a time, packing the frames waiting together into
     one message (:meth:`_write_next`). A caller may be cancelled at any await without
     harming the link.
@@ -171,6 +172,7 @@ class GrpcConnection(Connection):
         # the link ended, if it did.
         self._received = FrameQueue()
         self._receiver_waits: asyncio.Future[None] | None = None  # receive() waits for a frame
+        self._handler: Callable[[bytes], None] | None = None  # deliver_frames: who takes each frame
         self._reader_waits: asyncio.Future[None] | None = None  # the reader waits for room
         self._end: Callable[[], BaseException] | None = None
         self._outbox = FrameQueue()
@@ -195,7 +197,6 @@ class GrpcConnection(Connection):
         self._writes_over: asyncio.Future[None] | None = None  # _flush() and reap() wait on it
         self._write_failure: BaseException | None = None  # a write failed: the reader reports it
         self._reaped = False  # reap() has begun: no write starts any more
-        self._reaping = False  # reap() cancels the reader and the write in flight
 
     def start_io(self) -> None:
         """Start the reader (and the writes of frames queued so far); they end with the RPC or
@@ -244,6 +245,7 @@ class GrpcConnection(Connection):
         return {
             ConnectionAttribute.send_nowait: lambda: self.send_nowait,
             ConnectionAttribute.buffered_bytes: lambda: self.buffered_bytes,
+            ConnectionAttribute.deliver_frames: lambda: self.deliver_frames,
         }
 
     def buffered_bytes(self) -> int:
@@ -279,6 +281,33 @@ class GrpcConnection(Connection):
         if len(self._outbox) == 1:
             self._bursts = False
         self._write_next()
+
+    def deliver_frames(self, handler: Callable[[bytes], None]) -> None:
+        """See ``ConnectionAttribute.deliver_frames``: the reader hands each frame to ``handler``
+        as it reads it, and no task waiting in ``receive`` is woken for it."""
+        self._handler = handler
+        self._deliver(self._received)
+        if self._reader_waits is not None:
+            _wake(self._reader_waits)
+
+    def _deliver(self, frames: FrameQueue | list[bytes]) -> None:
+        """Hand ``frames`` to the handler in order; what it raises ends the delivery (``receive``
+        raises it), and frames after that are dropped."""
+        handler = self._handler
+        if handler is None:
+            return
+        try:
+            if isinstance(frames, FrameQueue):
+                while frames:
+                    handler(frames.popleft())
+            else:
+                for frame in frames:
+                    handler(frame)
+        except Exception as exc:
+            failure = exc
+            self._handler = None
+            self._received.clear()
+            self._finish(lambda: failure)
 
     async def send(self, frame: bytes) -> None:
         self.send_nowait(frame)
@@ -326,8 +355,11 @@ class GrpcConnection(Connection):
                             "the link is closed"
                         )
                 # The whole batch at once: the link's receiver takes it without a yield per frame.
-                self._received.extend(frames)
                 self._balance += len(frames)
+                if self._handler is not None:
+                    self._deliver(frames)
+                    continue
+                self._received.extend(frames)
                 if self._receiver_waits is not None:
                     _wake(self._receiver_waits)
                 while len(self._received) >= RECEIVE_BUFFER and not self._closed and self._write_failure is None:
@@ -349,7 +381,8 @@ class GrpcConnection(Connection):
             self._fail(await self._lose(exc))
         except anyio.get_cancelled_exc_class():
             self._fail(self._cancelled())
-            if self._reaping:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():  # reap() cancelled the reader
                 raise
             # grpc.aio raises CancelledError from a read of a cancelled RPC: the link ended.
             # Raised on, it would be kept in a reference cycle with anyio's frames, holding the
@@ -549,7 +582,6 @@ class GrpcConnection(Connection):
                 if reader is not None:
                     await asyncio.wait((reader,))
             if self._writing or (reader is not None and not reader.done()):
-                self._reaping = True
                 if reader is not None:
                     reader.cancel()
                 if self._write_waits is not None:
