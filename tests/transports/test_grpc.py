@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import functools
+import json
 import os
 import signal
 import socket
@@ -17,7 +18,6 @@ from pathlib import Path
 
 import anyio
 import anyio.lowlevel
-import easyremote_grpc._connection as grpc_connection
 import grpc
 import grpc.aio
 import pytest
@@ -29,6 +29,7 @@ from easyremote_core import (
     Address,
     ConfigurationError,
     Connection,
+    ConnectionAttribute,
     ConnectionLostError,
     GatewayUnavailableError,
     LinkDead,
@@ -119,26 +120,89 @@ async def test_large_frame_both_ways() -> None:
             assert await connection.receive() == frame
 
 
-async def test_an_idle_link_keeps_no_writer_and_a_busy_one_keeps_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
-    # The writer stays while frames keep coming (a task made per burst cost 10 MB payloads ~30 %
-    # of their speed) and ends once none came for WRITER_LINGER: an idle gateway link holds
-    # its reader only. A frame after that starts a writer again.
-    monkeypatch.setattr(grpc_connection, "WRITER_LINGER", 0.2)
+async def test_a_lone_frame_is_handed_to_grpc_before_the_sender_yields_and_writes_need_no_task() -> None:
+    # send_nowait starts the gRPC write of a frame that comes alone (a sequential call's) itself:
+    # no writer task, no loop turn first. Frames that come in a burst (queued behind a write)
+    # wait for the loop's next turn and go out together, in order, until a frame comes alone again.
     async with serving(echo) as listener, await dial(listener.port) as connection:
         assert isinstance(connection, ClientConnection)
         with anyio.fail_after(TIMEOUT):
-            writers = set()
-            for index in range(20):  # frames every 20 ms: one writer throughout
-                await connection.send(b"frame %d" % index)
-                assert await connection.receive() == b"frame %d" % index
-                writers.add(connection._writer)
-                await anyio.sleep(0.02)
-            assert len(writers) == 1 and None not in writers
-            (writer,) = writers
-            await asyncio.wait((writer,))  # it ends by itself, WRITER_LINGER after the last frame
-            assert connection._writer is None
-            await connection.send(b"again")
-            assert await connection.receive() == b"again"
+            await connection.send(b"warm-up")  # the stream's metadata is sent
+            assert await connection.receive() == b"warm-up"
+            tasks = asyncio.all_tasks()
+
+            def lone(frame: bytes) -> None:
+                connection.send_nowait(frame)
+                assert connection._writing and connection.buffered_bytes() == 0  # handed to gRPC at once
+
+            for index in range(3):
+                lone(b"lone %d" % index)
+                assert await connection.receive() == b"lone %d" % index
+            lone(b"burst 0")
+            for index in range(1, 6):
+                connection.send_nowait(b"burst %d" % index)  # behind the write in flight
+            for index in range(6):
+                assert await connection.receive() == b"burst %d" % index
+            connection.send_nowait(b"after")  # still taken for a burst: written at the next turn
+            assert not connection._writing
+            assert await connection.receive() == b"after"
+            lone(b"alone again")
+            assert await connection.receive() == b"alone again"
+            assert asyncio.all_tasks() == tasks  # no task was made for any of it
+
+
+async def test_with_frames_unanswered_a_lone_frame_waits_for_the_loop_s_next_turn() -> None:
+    # Frames sent less frames received: a link with more than one call in flight (32 callers,
+    # say) writes each frame with the others of its turn, so that messages of one frame each
+    # never become the rule; a link with one call at a time writes a lone frame at once.
+    arrived: list[bytes] = []
+    third = anyio.Event()
+
+    async def sink(connection: Connection) -> None:  # takes frames, answers none
+        try:
+            while True:
+                arrived.append(await connection.receive())
+                if len(arrived) == 3:
+                    third.set()
+        except anyio.EndOfStream:
+            pass
+
+    async with serving(sink) as listener, await dial(listener.port) as connection:
+        assert isinstance(connection, ClientConnection)
+        with anyio.fail_after(TIMEOUT):
+            for frame in (b"first", b"second"):  # at most one unanswered before each
+                connection.send_nowait(frame)
+                assert connection._writing  # written at once
+                await connection._writes_ended()
+            connection.send_nowait(b"third")  # two unanswered before it
+            assert not connection._writing and connection.buffered_bytes() == len(b"third")
+            await third.wait()  # written at the next turn
+            assert arrived == [b"first", b"second", b"third"]
+
+
+async def test_both_ends_hand_frames_to_a_handler_as_they_are_read() -> None:
+    # deliver_frames: the reader calls the link's handler with each frame it reads, so no task
+    # waiting in receive() is woken per frame (a loop turn less per frame at every hop).
+    got: list[bytes] = []
+    all_in = anyio.Event()
+
+    def handler(frame: bytes) -> None:
+        got.append(frame)
+        if len(got) == 3:
+            all_in.set()
+
+    async def delivering(connection: Connection) -> None:
+        connection.extra(ConnectionAttribute.deliver_frames)(handler)
+        with pytest.raises(anyio.EndOfStream):
+            await connection.receive()  # only the end is received
+
+    async with serving(delivering) as listener, await dial(listener.port) as connection:
+        assert connection.extra(ConnectionAttribute.deliver_frames, None) is not None
+        with anyio.fail_after(TIMEOUT):
+            for frame in (b"a", b"b", b"c"):
+                await connection.send(frame)
+            await all_in.wait()
+    assert got == [b"a", b"b", b"c"]
 
 
 async def test_oversized_frame_is_refused_before_sending() -> None:
@@ -428,6 +492,48 @@ def test_plugin_manager_resolves_grpc() -> None:
     assert isinstance(transport, GrpcTransport)
     assert [type(p) for p in transport.default_probes()] == [GrpcChannelStateProbe]
     assert isinstance(manager.health_probe("grpc-channel-state"), GrpcChannelStateProbe)
+
+
+# Prints what GRPC_EXPERIMENTS said when grpc was imported, and what it says once easyremote_grpc is.
+_GRPC_IMPORT_WATCH = """
+import importlib.abc, json, os, sys
+
+class Watch(importlib.abc.MetaPathFinder):
+    seen = []
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "grpc":
+            Watch.seen.append(os.environ.get("GRPC_EXPERIMENTS"))
+        return None
+
+sys.meta_path.insert(0, Watch())
+if sys.argv[1] == "grpc-first":
+    import grpc
+import easyremote_grpc
+print(json.dumps({"seen": Watch.seen, "after": os.environ.get("GRPC_EXPERIMENTS")}))
+"""
+
+
+async def _import_watched(order: str, experiments: str | None) -> dict[str, object]:
+    env = {key: value for key, value in os.environ.items() if key != "GRPC_EXPERIMENTS"}
+    if experiments is not None:
+        env["GRPC_EXPERIMENTS"] = experiments
+    with anyio.fail_after(TIMEOUT):
+        done = await anyio.run_process([sys.executable, "-c", _GRPC_IMPORT_WATCH, order], env=env)
+    result: dict[str, object] = json.loads(done.stdout)
+    return result
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the iomgr endpoints are chosen on Linux only")
+async def test_grpc_core_is_imported_with_iomgr_endpoints_unless_the_user_chose() -> None:
+    from easyremote_grpc._preload import EXPERIMENTS
+
+    # gRPC core reads the variable once, at its import; child processes do not inherit it
+    assert await _import_watched("transport-first", None) == {"seen": [EXPERIMENTS], "after": None}
+    # the user's own choice, even an empty one, is what gRPC core sees
+    assert await _import_watched("transport-first", "") == {"seen": [""], "after": ""}
+    # grpc imported before the transport: its core has read its settings, nothing is touched
+    assert await _import_watched("grpc-first", None) == {"seen": [None], "after": None}
 
 
 async def test_trio_is_refused_with_a_clear_message() -> None:

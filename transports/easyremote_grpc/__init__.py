@@ -11,6 +11,7 @@ os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
 from easyremote_core import hookimpl
 
+from . import _preload  # noqa: F401  (imports grpc, before the modules below do)
 from ._connection import ClientConnection, GrpcConnection, ServerConnection
 from ._probe import GrpcChannelStateProbe
 from ._transport import GrpcListener, GrpcTransport

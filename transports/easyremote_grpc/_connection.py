@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import struct
 from abc import abstractmethod
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any
 from urllib.parse import unquote
 
@@ -30,7 +31,7 @@ from ._errors import GRPC_FAILURES, describe_failure, describe_status, link_brok
 logger = capped(logging.getLogger("easyremote.grpc"))
 
 # How long an orderly close waits for queued frames to go out and for the gateway to
-# end the RPC, and how long a closed connection waits for its reader and writer to end
+# end the RPC, and how long a closed connection waits for its reader and its write to end
 # with the RPC before it cancels them.
 CLOSE_TIMEOUT = 1.0
 
@@ -51,10 +52,13 @@ _LENGTH = struct.Struct(">I")
 # Frames queued together go out in one message up to this many bytes; grpc.aio costs
 # the same per message whatever its size, and the receiver's gRPC limit always has room.
 BATCH_BYTES = 64 * 1024
-# Past this many bytes waiting to be written, ``send`` waits for the writer.
+# Past this many bytes waiting to be written, ``send`` waits for the writes.
 SEND_HIGH_WATER = 4 * 1024 * 1024
-# How long the writer waits for more frames once it wrote what was queued, before it ends.
-WRITER_LINGER = 0.25
+# A message of this many bytes or more is kept KEEP_WRITTEN seconds after its write starts (or
+# until the next one): glibc gives a freed buffer this large back to the system at once, and the
+# next call's messages then cost fresh pages (10 MB echoes ~25 % slower without it).
+KEEP_WRITTEN_BYTES = 128 * 1024
+KEEP_WRITTEN = 0.25
 # Frames read but not yet received; past it the reader stops reading (gRPC flow control
 # then holds the peer back).
 RECEIVE_BUFFER = 1024
@@ -144,18 +148,19 @@ class GrpcConnection(Connection):
     """Frames over one ``/easyremote.v1.Gateway/Link`` stream.
 
     grpc.aio cancels the whole RPC when a task awaiting one of its reads or writes is
-    cancelled, and refuses overlapping writes. So one reader task and one writer task do
-    every read and write: ``receive`` takes frames the reader delivered, ``send`` queues
-    frames for the writer, which packs the frames waiting together into one gRPC message.
-    A caller may be cancelled at any await without harming the link.
+    cancelled, and refuses overlapping writes. So one reader task does every read, and
+    ``receive`` takes the frames it read (after :meth:`deliver_frames`, the reader hands each
+    to the link's handler itself); ``send`` queues frames and the connection
+    writes them itself, one gRPC write at a time, packing the frames waiting together into
+    one message (:meth:`_write_next`). A caller may be cancelled at any await without
+    harming the link.
 
-    The two tasks are the event loop's own (grpc.aio runs on asyncio only), started by
+    The reader is the event loop's own task (grpc.aio runs on asyncio only), started by
     :meth:`start_io` and owned by the connection: no cancel scope of its user can cut a read
     short and so kill the RPC; only :meth:`reap`, which whoever opened the connection always
-    awaits, ends them, once the RPC has ended (or after ``CLOSE_TIMEOUT``). Being plain loop
-    tasks, not an anyio task group's, they cost a gateway a few KiB less per link. The writer
-    ends once no frame came for ``WRITER_LINGER`` seconds and starts again with the next one:
-    an idle link (a node between heartbeats) keeps only its reader.
+    awaits, ends it and the write in flight, once the RPC has ended (or after
+    ``CLOSE_TIMEOUT``). Being a plain loop task, not an anyio task group's, it costs a gateway
+    a few KiB less per link; writes need no task at all.
     """
 
     def __init__(self, peer: str, max_message_size: int, peer_max_message_size: int | None = None) -> None:
@@ -167,26 +172,35 @@ class GrpcConnection(Connection):
         # the link ended, if it did.
         self._received = FrameQueue()
         self._receiver_waits: asyncio.Future[None] | None = None  # receive() waits for a frame
+        self._handler: Callable[[bytes], None] | None = None  # deliver_frames: who takes each frame
         self._reader_waits: asyncio.Future[None] | None = None  # the reader waits for room
         self._end: Callable[[], BaseException] | None = None
         self._outbox = FrameQueue()
         self._queued_bytes = 0
         self._drained: asyncio.Future[None] | None = None
-        self._closing = False  # no more sends; the writer ends once the outbox is empty
+        self._closing = False  # no more sends; the writes end once the outbox is empty
         self._closed = False  # closed by this side: sends and receives fail
         self._lost: str | None = None
         self._loop: asyncio.AbstractEventLoop | None = None  # set by start_io
         self._reader: asyncio.Task[None] | None = None
-        self._writer: asyncio.Task[None] | None = None  # while frames come (WRITER_LINGER)
-        self._writer_waits: asyncio.Future[bool] | None = None  # the writer lingers for more
-        self._close_written = False  # the orderly close (_after_writes) is written
-        self._reaped = False  # reap() has begun: no writer starts any more
-        self._reaping = False  # reap() cancels the reader and the writer
-        self._writing = False  # a gRPC write is in flight
+        # The gRPC write in flight: what it waits for, and who waits for the writes to end.
+        self._writing = False
+        self._bursts = False  # frames come in bursts: each waits for the loop's next turn
+        # Frames received less frames sent: beyond one either way, more than one call (or a
+        # stream) is in flight on the link, and each write waits for the others of its turn.
+        # Frames that go one way only (a stream's items) leave it off for good: the link then
+        # writes every frame a turn later, as a busy one does.
+        self._balance = 0
+        self._write_soon: asyncio.Handle | None = None  # that turn's write, while it waits
+        self._kept: asyncio.TimerHandle | None = None  # holds the last large message written
+        self._write_waits: asyncio.Future[Any] | None = None
+        self._writes_over: asyncio.Future[None] | None = None  # _flush() and reap() wait on it
+        self._write_failure: BaseException | None = None  # a write failed: the reader reports it
+        self._reaped = False  # reap() has begun: no write starts any more
 
     def start_io(self) -> None:
-        """Start the reader (and the writer, if frames wait); they end with the RPC or when
-        :meth:`reap` cancels them."""
+        """Start the reader (and the writes of frames queued so far); they end with the RPC or
+        when :meth:`reap` cancels them."""
         if self._loop is not None:
             raise RuntimeError("start_io() runs once")
         self._loop = asyncio.get_running_loop()
@@ -194,23 +208,13 @@ class GrpcConnection(Connection):
             return
         self._reader = self._loop.create_task(self._guarded(self._read_loop),
                                               name=f"easyremote-grpc-reader {self.peer}")
-        if self._outbox:
-            self._start_writer()
-
-    def _start_writer(self) -> None:
-        """Start the writer, or wake it if it lingers; an idle link keeps no writer task."""
-        waits = self._writer_waits
-        if waits is not None:
-            if not waits.done():
-                waits.set_result(True)
-        elif self._writer is None and self._loop is not None and not self._reaped:
-            self._writer = self._loop.create_task(self._guarded(self._write_loop), name="easyremote-grpc-writer")
+        self._write_next()
 
     async def _guarded(self, operation: Callable[[], Awaitable[None]]) -> None:
         try:
             await operation()
-        except Exception as exc:  # beyond the failures the reader and the writer report themselves
-            logger.error("gRPC link to %s: its reader or writer failed", self.peer, exc_info=exc)
+        except Exception as exc:  # beyond the failures the reader reports itself
+            logger.error("gRPC link to %s: its reader failed", self.peer, exc_info=exc)
             self._fail(ConnectionLostError(f"link to {self.peer} broke: {exc!r}"))
 
     # -- what each end provides -------------------------------------------------
@@ -220,8 +224,8 @@ class GrpcConnection(Connection):
         """One gRPC read: bytes, or ``grpc.aio.EOF`` after the peer's orderly close."""
 
     @abstractmethod
-    def _write_op(self, message: bytes) -> Awaitable[None]:
-        """One gRPC write."""
+    def _write_op(self, message: bytes) -> Coroutine[Any, Any, None]:
+        """One gRPC write (a coroutine: the connection runs it, see :meth:`_step_write`)."""
 
     @abstractmethod
     async def _end_of(self, message: Any) -> Callable[[], BaseException] | None:
@@ -232,7 +236,7 @@ class GrpcConnection(Connection):
         """Why the link broke, in words, given the failed operation's exception."""
 
     async def _after_writes(self) -> None:
-        """Run by the writer once every queued frame is written on an orderly close."""
+        """Run by an orderly close once every queued frame is written."""
 
     # -- Connection -------------------------------------------------------------
 
@@ -241,14 +245,16 @@ class GrpcConnection(Connection):
         return {
             ConnectionAttribute.send_nowait: lambda: self.send_nowait,
             ConnectionAttribute.buffered_bytes: lambda: self.buffered_bytes,
+            ConnectionAttribute.deliver_frames: lambda: self.deliver_frames,
         }
 
     def buffered_bytes(self) -> int:
-        """Bytes queued for the writer and not yet handed to gRPC."""
+        """Bytes queued and not yet handed to gRPC."""
         return self._queued_bytes
 
     def send_nowait(self, frame: bytes) -> None:
-        """Queue one frame for the writer; raises ``MessageTooLargeError`` or ``ConnectionLostError``."""
+        """Queue one frame, and write it at once when no write is in flight; raises
+        ``MessageTooLargeError`` or ``ConnectionLostError``."""
         if len(frame) > self._send_max:
             whose = "" if self._send_max == self._max else "the peer's "
             raise MessageTooLargeError(
@@ -257,10 +263,51 @@ class GrpcConnection(Connection):
             raise self._unusable()
         self._outbox.append(frame)
         self._queued_bytes += len(frame)
-        if self._writer is None or self._writer_waits is not None:
-            # Its next step runs at the loop's next turn, after the tasks already woken
-            # queued their frames too: they go out in one message.
-            self._start_writer()
+        balance = self._balance
+        self._balance = balance - 1
+        if self._writing:
+            self._bursts = True  # it waits behind a write: the next frame waits for the burst
+        elif self._write_soon is None:
+            if (self._bursts or not -1 <= balance <= 1) and self._loop is not None:
+                # At the loop's next turn, after the tasks already woken queued their frames
+                # too: they go out in one message (each gRPC write costs a completion).
+                self._write_soon = self._loop.call_soon(self._write_burst)
+            else:  # one frame alone, as a sequential call's: written now, not a turn later
+                self._write_next()
+
+    def _write_burst(self) -> None:
+        """The write of the frames queued during one turn; one frame alone ends the bursts."""
+        self._write_soon = None
+        if len(self._outbox) == 1:
+            self._bursts = False
+        self._write_next()
+
+    def deliver_frames(self, handler: Callable[[bytes], None]) -> None:
+        """See ``ConnectionAttribute.deliver_frames``: the reader hands each frame to ``handler``
+        as it reads it, and no task waiting in ``receive`` is woken for it."""
+        self._handler = handler
+        self._deliver(self._received)
+        if self._reader_waits is not None:
+            _wake(self._reader_waits)
+
+    def _deliver(self, frames: FrameQueue | list[bytes]) -> None:
+        """Hand ``frames`` to the handler in order; what it raises ends the delivery (``receive``
+        raises it), and frames after that are dropped."""
+        handler = self._handler
+        if handler is None:
+            return
+        try:
+            if isinstance(frames, FrameQueue):
+                while frames:
+                    handler(frames.popleft())
+            else:
+                for frame in frames:
+                    handler(frame)
+        except Exception as exc:
+            failure = exc
+            self._handler = None
+            self._received.clear()
+            self._finish(lambda: failure)
 
     async def send(self, frame: bytes) -> None:
         self.send_nowait(frame)
@@ -288,7 +335,7 @@ class GrpcConnection(Connection):
             return ConnectionLostError("connection is closed")
         return ConnectionLostError(self._lost)
 
-    # -- the reader and the writer ----------------------------------------------
+    # -- the reader ---------------------------------------------------------------
 
     async def _read_loop(self) -> None:
         try:
@@ -308,10 +355,14 @@ class GrpcConnection(Connection):
                             "the link is closed"
                         )
                 # The whole batch at once: the link's receiver takes it without a yield per frame.
+                self._balance += len(frames)
+                if self._handler is not None:
+                    self._deliver(frames)
+                    continue
                 self._received.extend(frames)
                 if self._receiver_waits is not None:
                     _wake(self._receiver_waits)
-                while len(self._received) >= RECEIVE_BUFFER and not self._closed:
+                while len(self._received) >= RECEIVE_BUFFER and not self._closed and self._write_failure is None:
                     waits = self._reader_waits = asyncio.get_running_loop().create_future()
                     try:
                         await waits  # until receive() takes frames
@@ -319,6 +370,9 @@ class GrpcConnection(Connection):
                         self._reader_waits = None
                 if self._closed:
                     return  # this end closed the link: nobody will take frames any more
+                if self._write_failure is not None:  # it waited for room while the RPC ended
+                    self._fail(await self._lose(self._write_failure))
+                    return
         except (MessageTooLargeError, ProtocolError) as exc:
             self._mark_lost(str(exc))
             self._fail(exc)
@@ -327,11 +381,12 @@ class GrpcConnection(Connection):
             self._fail(await self._lose(exc))
         except anyio.get_cancelled_exc_class():
             self._fail(self._cancelled())
-            if self._reaping:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():  # reap() cancelled the reader
                 raise
             # grpc.aio raises CancelledError from a read of a cancelled RPC: the link ended.
-            # Raised on, it would cancel the writer and, kept in a reference cycle with
-            # anyio's frames, hold the call (and so the closed channel) until a collection.
+            # Raised on, it would be kept in a reference cycle with anyio's frames, holding the
+            # call (and so the closed channel) until a collection.
 
     def _finish(self, end: Callable[[], BaseException]) -> None:
         """Frames already delivered are still received; then ``end()`` is raised, every time."""
@@ -340,48 +395,106 @@ class GrpcConnection(Connection):
             if self._receiver_waits is not None:
                 _wake(self._receiver_waits)
 
-    async def _write_loop(self) -> None:
-        """Write while frames come (and, once closing, the orderly close); end ``WRITER_LINGER``
-        seconds after the last, so that an idle link keeps no task."""
-        outbox = self._outbox
-        loop = asyncio.get_running_loop()
+    # -- the writes ----------------------------------------------------------------------
+
+    def _write_next(self) -> None:
+        """Start the next gRPC write, if frames wait and none is in flight; once nothing is left
+        to write (or the writes failed), wake whoever waits for the writes to end."""
+        if self._writing:
+            return
+        if self._may_write():
+            self._writing = True
+            message = self._take_message()
+            if len(message) >= KEEP_WRITTEN_BYTES:
+                self._keep(message)
+            try:
+                operation = self._write_op(message)
+            except ConnectionLostError as exc:  # the call is let go of already
+                self._writing = False
+                self._write_failed(exc)
+                return
+            self._step_write(operation)
+            return
+        over = self._writes_over
+        if over is not None and not over.done():
+            over.set_result(None)
+
+    def _step_write(self, operation: Coroutine[Any, Any, None], _: object = None) -> None:
+        """Run the write ``operation`` up to its next wait (a gRPC completion), and on from there
+        each time what it waits for is done, as a task would, less a task and a loop turn.
+
+        Its first step runs in ``send_nowait`` itself, so a frame is handed to gRPC core (which
+        writes it to the socket) before the sender yields.
+        """
+        self._write_waits = None
         try:
-            while True:
-                while outbox:
-                    message = self._take_message()
-                    self._writing = True
-                    try:
-                        await self._write_op(message)
-                    finally:
-                        self._writing = False
-                if self._closing:
-                    break
-                # A busy link's writer stays: a task made per burst costs large payloads ~30 %
-                # of their speed (measured at 10 MB), though it saves memory on idle links.
-                waits = self._writer_waits = loop.create_future()
-                timer = loop.call_later(WRITER_LINGER, _linger_over, waits)
-                try:
-                    more = await waits
-                finally:
-                    timer.cancel()
-                    self._writer_waits = None
-                if not more and not outbox:
-                    return  # idle: the next frame starts a writer again
-            if self._closing and self._lost is None and not self._close_written:
-                self._close_written = True
-                await self._after_writes()
-        except GRPC_FAILURES as exc:
-            self._fail(await self._lose(exc))
-        except anyio.get_cancelled_exc_class():
-            self._fail(self._cancelled())
-            if self._reaping:
-                raise
-            # a write to a cancelled RPC: the link ended (see _read_loop)
-        finally:
-            outbox.clear()  # empty unless the link broke
-            self._queued_bytes = 0
-            self._wake_senders()
-            self._writer = None
+            waits = operation.send(None)
+        except StopIteration:
+            self._writing = False
+            self._write_next()
+            return
+        except (*GRPC_FAILURES, asyncio.CancelledError) as exc:  # grpc.aio: a cancelled RPC's write
+            self._writing = False
+            self._write_failed(exc)
+            return
+        except Exception as exc:
+            self._writing = False
+            logger.error("gRPC link to %s: a write failed", self.peer, exc_info=exc)
+            self._write_failed(ConnectionLostError(f"link to {self.peer} broke: {exc!r}"))
+            return
+        if getattr(waits, "_asyncio_future_blocking", None):  # an asyncio future, as awaited
+            waits._asyncio_future_blocking = False
+            self._write_waits = waits
+            waits.add_done_callback(functools.partial(self._step_write, operation))
+        elif waits is None:  # a bare yield: go on at the next turn
+            (self._loop or asyncio.get_running_loop()).call_soon(self._step_write, operation)
+        else:  # nothing grpc.aio does; a task would refuse it too
+            operation.close()
+            self._writing = False
+            self._write_failed(ConnectionLostError(f"link to {self.peer} broke: a gRPC write yielded {waits!r}"))
+
+    def _write_failed(self, exc: BaseException) -> None:
+        """A write failed, so the RPC is over: nothing more is written. The reader, which sees
+        the RPC end too, says why (with this failure, if it waits for room)."""
+        self._write_failure = exc
+        self._closing = True
+        self._outbox.clear()
+        self._queued_bytes = 0
+        self._wake_senders()
+        if self._reader is None or self._reader.done():
+            self._finish(lambda: ConnectionLostError(self._lost or f"link to {self.peer} broke"))
+        elif self._reader_waits is not None:
+            _wake(self._reader_waits)
+        self._write_next()  # wakes whoever waits for the writes to end
+
+    def _keep(self, message: bytes) -> None:
+        """Keep ``message``, instead of the one kept so far, for KEEP_WRITTEN seconds (a timer
+        holds it, as its argument)."""
+        self._let_go()
+        if self._loop is not None:
+            self._kept = self._loop.call_later(KEEP_WRITTEN, self._let_go, message)
+
+    def _let_go(self, _message: bytes | None = None) -> None:
+        if self._kept is not None:
+            self._kept.cancel()  # which lets go of its argument
+            self._kept = None
+
+    def _may_write(self) -> bool:
+        """Frames wait and may be written (after ``reap()`` or a failed write, none is)."""
+        return bool(self._outbox) and self._loop is not None and not self._reaped and self._write_failure is None
+
+    async def _writes_ended(self) -> None:
+        """Write what is queued, and wait until no write is in flight and none may start."""
+        if self._write_soon is not None:
+            self._write_soon.cancel()
+            self._write_soon = None
+        self._write_next()
+        if not self._writing and not self._may_write():
+            return
+        over = self._writes_over
+        if over is None or over.done():
+            over = self._writes_over = (self._loop or asyncio.get_running_loop()).create_future()
+        await asyncio.wait((over,))  # a waiter cancelled here leaves the writes to reap()
 
     def _take_message(self) -> bytes:
         """Pop the frames that go out in the next message and pack them."""
@@ -408,7 +521,6 @@ class GrpcConnection(Connection):
         """The link broke: frames read so far are still received, then ``exc``."""
         self._closing = True
         self._finish(lambda: _copy(exc))
-        self._wake_writer()
 
     def _abort_after_protocol_error(self, reason: str) -> None:
         """End the RPC after the peer broke the framing rules."""
@@ -441,45 +553,42 @@ class GrpcConnection(Connection):
         for waits in (self._receiver_waits, self._reader_waits):
             if waits is not None:
                 _wake(waits)
-        self._wake_writer()
-
-    def _wake_writer(self) -> None:
-        """A lingering writer looks again: it ends if the connection is closing."""
-        waits = self._writer_waits
-        if waits is not None and not waits.done():
-            waits.set_result(True)
+        self._let_go()
 
     async def _flush(self) -> None:
-        """Let the writer write what is queued (and the orderly close), then end."""
+        """Write what is queued, then the orderly close."""
         self._closing = True
-        self._start_writer()  # or wake the one lingering: it writes the orderly close and ends
-        writer = self._writer
-        if writer is not None:
-            await asyncio.wait((writer,))  # a waiter cancelled here leaves the writer to reap()
+        await self._writes_ended()
+        if self._lost is None and self._write_failure is None and self._loop is not None:  # aclose(): once
+            try:
+                await self._after_writes()
+            except GRPC_FAILURES as exc:
+                self._fail(await self._lose(exc))
 
     async def reap(self) -> None:
-        """Wait for the reader and the writer to end with the call, cancelling stragglers.
+        """Wait for the reader and the write in flight to end with the call, cancelling stragglers.
 
         An operation ended by the call's own end completes inside gRPC core too; one
         cancelled here leaves a core completion behind that may arrive late.
         """
         self._close_locally()
-        self._reaped = True  # start_io, if it ever runs, starts nothing
-        tasks = [task for task in (self._reader, self._writer) if task is not None and not task.done()]
-        if not tasks:
+        self._reaped = True  # start_io, if it ever runs, starts nothing; no write starts
+        reader = self._reader
+        if (reader is None or reader.done()) and not self._writing:
             return
         with anyio.CancelScope(shield=True):
-            _, pending = await asyncio.wait(tasks, timeout=CLOSE_TIMEOUT)
-            if pending:
-                self._reaping = True
-                for task in pending:
-                    task.cancel()
-                await asyncio.wait(pending)
-
-
-def _linger_over(waiter: asyncio.Future[bool]) -> None:
-    if not waiter.done():
-        waiter.set_result(False)
+            with anyio.move_on_after(CLOSE_TIMEOUT):
+                await self._writes_ended()
+                if reader is not None:
+                    await asyncio.wait((reader,))
+            if self._writing or (reader is not None and not reader.done()):
+                if reader is not None:
+                    reader.cancel()
+                if self._write_waits is not None:
+                    self._write_waits.cancel()  # the write goes on with CancelledError, as a task's would
+                await self._writes_ended()
+                if reader is not None:
+                    await asyncio.wait((reader,))
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:
@@ -526,7 +635,7 @@ class ClientConnection(GrpcConnection):
     def _read_op(self) -> Awaitable[Any]:
         return self._call.read()
 
-    def _write_op(self, message: bytes) -> Awaitable[None]:
+    def _write_op(self, message: bytes) -> Coroutine[Any, Any, None]:
         return self._call.write(message)
 
     async def _end_of(self, message: Any) -> Callable[[], BaseException] | None:
@@ -569,7 +678,7 @@ class ClientConnection(GrpcConnection):
             await self._release()
 
     async def _release(self) -> None:
-        """End the call, let go of it and of the reader and writer, then close the channel."""
+        """End the call, let go of it and of the reader and the writes, then close the channel."""
         self._close_locally()
         self._call.cancel()
         await self.reap()
@@ -580,7 +689,7 @@ class ClientConnection(GrpcConnection):
 class ServerConnection(GrpcConnection):
     """The accepting end: one Link RPC, ended by :meth:`aclose` (OK) or :meth:`abort`.
 
-    Whoever accepted the connection starts its reader and writer (:meth:`start_io`) beside
+    Whoever accepted the connection starts its reader and writes (:meth:`start_io`) beside
     its handler and awaits
     :meth:`reap` once the connection is closed; :meth:`run_rpc` holds the RPC open.
     """
@@ -598,7 +707,7 @@ class ServerConnection(GrpcConnection):
     def _read_op(self) -> Awaitable[Any]:
         return self._context.read()
 
-    def _write_op(self, message: bytes) -> Awaitable[None]:
+    def _write_op(self, message: bytes) -> Coroutine[Any, Any, None]:
         return self._context.write(message)
 
     async def _end_of(self, message: Any) -> Callable[[], BaseException] | None:
@@ -652,7 +761,7 @@ class ServerConnection(GrpcConnection):
             await self._finished  # cancelled with the handler if the RPC dies
         except asyncio.CancelledError:  # gRPC cancels the handler when the RPC dies
             self._mark_lost("the peer went away (RPC cancelled)")
-            raise  # the reader and the writer fail by themselves as the RPC ends
+            raise  # the reader and the write in flight fail by themselves as the RPC ends
         if self._abort_reason is not None:
             self._context.set_code(grpc.StatusCode.UNAVAILABLE)
             self._context.set_details(self._abort_reason)

@@ -145,7 +145,7 @@ class GrpcListener(Listener):
         self._grace = shutdown_grace
         self._health = health.aio.HealthServicer()
         self._incoming_send, self._incoming = anyio.create_memory_object_stream[ServerConnection](math.inf)
-        self._connections: set[ServerConnection] = set()  # each until its reader and writer ended
+        self._connections: set[ServerConnection] = set()  # each until its reader and its writes ended
         self._started = False
         self._closing = False
         self._stopped = anyio.Event()
