@@ -7,6 +7,7 @@ import contextlib
 import pathlib
 import re
 import shlex
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -268,6 +269,16 @@ def _until_exit(process: PythonProcess) -> Iterator[PythonProcess]:
         yield process
 
 
+def _healthcheck(service: dict[str, Any], gateway: GatewayProcess) -> int:
+    """The exit code of a compose gateway's healthcheck, run here against ``gateway``."""
+    test = service["healthcheck"]["test"]
+    assert test[:2] == ["CMD", "python"], test
+    port = option(service["command"], "--port")
+    argv = [sys.executable, *(word.replace(f"localhost:{port}", gateway.address) for word in test[2:])]
+    assert argv != [sys.executable, *test[2:]], "the healthcheck asks localhost at the gateway's --port"
+    return subprocess.run(argv, timeout=30, capture_output=True).returncode
+
+
 def _registered(node: PythonProcess, count: int) -> None:
     node.wait_for_line("Registered to VPS successfully", timeout=30, count=count)
 
@@ -305,12 +316,15 @@ def test_the_compose_topology_survives_a_killed_gateway(tmp_path: pathlib.Path,
         _registered(node, 2)
 
         first, second = started.values()
+        for name, process in started.items():  # the compose healthcheck asks the gateway's health service
+            assert _healthcheck(gateways[name], process) == 0
         both = f"{first.address},{second.address}"
         with Client(both, timeout=20, auth_token=client_secret) as client:
             client.wait_ready(10)
             assert client.execute("add", 1, 2) == 3
             for killed, other in ((first, second), (second, first)):
                 killed.kill()
+                assert _healthcheck(gateways[next(k for k, v in started.items() if v is killed)], killed) != 0
                 # A call sent in the instant before the client notices (a non-idempotent one, which
                 # the gateway had not told it a node took) fails "may or may not have run":
                 # docs/deploying.md's failure table. The client has moved by the next call.
