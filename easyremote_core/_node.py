@@ -548,6 +548,10 @@ class ComputeNode:
                 else:
                     link.send(kept.envelope, kept.attachment)  # it ran: its answer, again
                 return
+        if request.only_if_known and request.incarnation == self._incarnation and not self._kept.forgot_recently():
+            link.send(error_frame(call_id, ErrorCode.CODE_UNKNOWN_CALL, f"node {self.node_id} never received "
+                                  f"call {call_id}", node_id=self.node_id))
+            return
         if request.resume and (request.incarnation != self._incarnation or self._kept.forgot_recently()):
             why = (f"node {self.node_id} has restarted since" if request.incarnation != self._incarnation else
                    f"node {self.node_id} kept more answers than max_retained_bytes and dropped some")

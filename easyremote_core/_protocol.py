@@ -146,6 +146,7 @@ _ERROR_TYPES: dict[int, type[errors.EasyRemoteError]] = {
     ErrorCode.CODE_STREAMING: errors.StreamingFunctionError,
     ErrorCode.CODE_STOPPING: errors.NoNodeAvailableError,
     ErrorCode.CODE_FORBIDDEN: errors.AuthenticationError,
+    ErrorCode.CODE_UNKNOWN_CALL: errors.ConnectionLostError,
 }
 
 #: What a caller reads when an Error frame carries no message of its own.
@@ -165,6 +166,7 @@ _DEFAULT_MESSAGES: dict[int, str] = {
     ErrorCode.CODE_STREAMING: "the function is a generator: iterate over stream() instead of execute()",
     ErrorCode.CODE_STOPPING: "the node is stopping and took no new call",
     ErrorCode.CODE_FORBIDDEN: "the caller's credential does not allow this",
+    ErrorCode.CODE_UNKNOWN_CALL: "the node never received the call",
 }
 
 

@@ -163,10 +163,7 @@ class CallTable:
         spec = node.functions[request.function]
         call.idempotent = spec.idempotent
         if call.asked_again and call.deliveries == 0 and not spec.idempotent and not request.resume:
-            self.finish(call, error_frame(
-                request.call_id, ErrorCode.CODE_CANCELLED,
-                f"call {request.call_id} of {request.function!r} was lost with the link to the gateway; "
-                "it may or may not have run, and it is not run again because the function is not idempotent"))
+            self._ask_around(call)
             return
         call.node = node
         call.deliveries += 1
@@ -183,6 +180,55 @@ class CallTable:
             node.link.send(pb.Envelope(call=request), call.attachment)  # the payload's bytes, untouched
         self._notify("easyremote_call_started", call_id=request.call_id, function=request.function,
                      node_id=node.node_id)
+
+    def _ask_around(self, call: Call) -> None:
+        """A non-idempotent call asked again that this gateway never saw, with no node named (its
+        gateway was lost before the client heard where it went): ask each node here that serves it
+        whether it has it. The one that has it attaches it; if none has, it never ran: run it."""
+        request = call.request
+        if call.probing is not None:
+            return
+        sessions = [n for n in self.registry.serving(request.function)
+                    if not request.node_id or n.node_id == request.node_id]
+        if not sessions or any(n.lost_at is not None or not n.registered for n in sessions):
+            # A node that serves it is away: it could have the call and cannot be asked.
+            self.finish(call, error_frame(
+                request.call_id, ErrorCode.CODE_CANCELLED,
+                f"call {request.call_id} of {request.function!r} was lost with the link to the gateway; "
+                "it may or may not have run, and it is not run again because the function is not idempotent"))
+            return
+        call.probing = {n.node_id for n in sessions}
+        for node in sessions:
+            node.calls[request.call_id] = call
+            probe = pb.CallRequest()
+            probe.CopyFrom(request)
+            probe.resume = probe.only_if_known = True
+            probe.node_id, probe.incarnation = node.node_id, node.incarnation
+            node.link.send(pb.Envelope(call=probe), call.attachment)
+
+    def _probe_answered(self, call: Call, node: NodeSession, known: bool) -> None:
+        """One node's answer to :meth:`_ask_around`: ``known`` — it has the call, whose answers are its."""
+        assert call.probing is not None
+        call.probing.discard(node.node_id)
+        if known:
+            self._stop_asking(call)
+            call.node = node
+            call.deliveries = 1
+            return
+        node.calls.pop(call.request.call_id, None)
+        if not call.probing and call.node is None:
+            logger.info("Call %s of %r, asked again, never reached a node: running it", call.request.call_id,
+                        call.request.function)
+            call.asked_again = False
+            self.dispatch(call)
+
+    def _stop_asking(self, call: Call) -> None:
+        """The nodes still asked about ``call`` will answer that they do not have it: not needed."""
+        for node_id in call.probing or ():
+            session = self.registry.nodes.get(node_id)
+            if session is not None and session.calls.get(call.request.call_id) is call:
+                del session.calls[call.request.call_id]
+        call.probing = set()
 
     async def _wait_for_node(self, call: Call, bounded: bool = False, within: float = math.inf) -> None:
         request = call.request
@@ -224,6 +270,11 @@ class CallTable:
         call = node.calls.get(getattr(envelope, kind).call_id)
         if call is None:
             return  # an answer to a call that was cancelled or re-routed
+        if call.probing:  # the nodes were asked whether they have it
+            unknown = kind == "error" and envelope.error.code == ErrorCode.CODE_UNKNOWN_CALL
+            self._probe_answered(call, node, known=not unknown)
+            if unknown:
+                return
         if kind == "error" and envelope.error.code == ErrorCode.CODE_STOPPING:
             node.calls.pop(call.request.call_id, None)  # it never ran there: route it again
             call.node = None
@@ -247,7 +298,14 @@ class CallTable:
             node.calls.pop(call.request.call_id, None)
             call.node = None
             request = call.request
-            if call.idempotent and call.deliveries < MAX_DELIVERIES:
+            if call.probing:  # asked whether it has the call, and gone before it said
+                self._stop_asking(call)
+                self.finish(call, error_frame(
+                    request.call_id, ErrorCode.CODE_CANCELLED,
+                    f"call {request.call_id} of {request.function!r} was lost with the link to the gateway, and "
+                    f"node {node.node_id}, which may have it, was lost too; it may or may not have run",
+                    node_id=node.node_id))
+            elif call.idempotent and call.deliveries < MAX_DELIVERIES:
                 logger.info("Re-routing idempotent call %s of %r after node %s was lost",
                             call.request.call_id, call.request.function, node.node_id)
                 self.dispatch(call)

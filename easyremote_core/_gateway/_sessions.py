@@ -73,6 +73,8 @@ class Call:
     idempotent: bool = False
     asked_again: bool = False
     as_framed: bool = False  # the client's frame says it all (its owner is true): forward it as it came
+    #: Asked again, non-idempotent, never seen here, no node named: the nodes asked whether they have it.
+    probing: set[str] | None = None
     deliveries: int = 0
     started: float = 0.0
     attachment: Attachment | None = None  # the call's payload, when it travels apart from its envelope

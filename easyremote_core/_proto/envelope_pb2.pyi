@@ -110,7 +110,7 @@ class Registered(_message.Message):
     def __init__(self, functions: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CallRequest(_message.Message):
-    __slots__ = ("call_id", "function", "payload", "node_id", "timeout", "streaming", "attempt", "owner", "resume", "incarnation", "served_before")
+    __slots__ = ("call_id", "function", "payload", "node_id", "timeout", "streaming", "attempt", "owner", "resume", "incarnation", "served_before", "only_if_known")
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
     FUNCTION_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
@@ -122,6 +122,7 @@ class CallRequest(_message.Message):
     RESUME_FIELD_NUMBER: _ClassVar[int]
     INCARNATION_FIELD_NUMBER: _ClassVar[int]
     SERVED_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    ONLY_IF_KNOWN_FIELD_NUMBER: _ClassVar[int]
     call_id: str
     function: str
     payload: bytes
@@ -133,7 +134,8 @@ class CallRequest(_message.Message):
     resume: bool
     incarnation: bytes
     served_before: bool
-    def __init__(self, call_id: _Optional[str] = ..., function: _Optional[str] = ..., payload: _Optional[bytes] = ..., node_id: _Optional[str] = ..., timeout: _Optional[float] = ..., streaming: _Optional[bool] = ..., attempt: _Optional[int] = ..., owner: _Optional[bytes] = ..., resume: _Optional[bool] = ..., incarnation: _Optional[bytes] = ..., served_before: _Optional[bool] = ...) -> None: ...
+    only_if_known: bool
+    def __init__(self, call_id: _Optional[str] = ..., function: _Optional[str] = ..., payload: _Optional[bytes] = ..., node_id: _Optional[str] = ..., timeout: _Optional[float] = ..., streaming: _Optional[bool] = ..., attempt: _Optional[int] = ..., owner: _Optional[bytes] = ..., resume: _Optional[bool] = ..., incarnation: _Optional[bytes] = ..., served_before: _Optional[bool] = ..., only_if_known: _Optional[bool] = ...) -> None: ...
 
 class Routed(_message.Message):
     __slots__ = ("call_id", "node_id", "incarnation")
@@ -190,6 +192,7 @@ class Error(_message.Message):
         CODE_STREAMING: _ClassVar[Error.Code]
         CODE_STOPPING: _ClassVar[Error.Code]
         CODE_FORBIDDEN: _ClassVar[Error.Code]
+        CODE_UNKNOWN_CALL: _ClassVar[Error.Code]
     CODE_UNSPECIFIED: Error.Code
     CODE_REMOTE_EXCEPTION: Error.Code
     CODE_NO_NODE: Error.Code
@@ -205,6 +208,7 @@ class Error(_message.Message):
     CODE_STREAMING: Error.Code
     CODE_STOPPING: Error.Code
     CODE_FORBIDDEN: Error.Code
+    CODE_UNKNOWN_CALL: Error.Code
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
     CODE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]

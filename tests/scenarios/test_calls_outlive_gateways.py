@@ -167,3 +167,30 @@ async def test_a_call_waits_for_its_node_when_the_node_went_silent(transport: st
         assert outcome["value"] == "charged 7"
         assert charges.runs == 1
         assert charges.finished_at is not None and outcome["at"] - charges.finished_at < 1.0
+
+
+@pytest.mark.parametrize("transport", ["grpc", "tcp"])
+async def test_a_call_sent_into_a_frozen_gateway_runs_once_through_the_other(transport: str) -> None:
+    """The client's gateway freezes (SIGSTOP) just before the call: it never routes it, and the client
+    never hears where it went. Asked again through the other gateway, the nodes there are asked
+    whether they have it; none has, so it runs, once, even after the frozen gateway wakes up and
+    forwards its stale copy."""
+    with gateway_process(transport) as first, gateway_process(transport) as second:
+        addresses = f"{transport}://{first.address},{transport}://{second.address}"
+        charges = Charges()
+        async with charges.node(addresses) as node, AsyncClient(addresses, timeout=30, **FAST) as client:
+            await _all_linked(node)
+            await _all_linked(client)
+            assert await client.execute("charge", 1) == "charged 1"  # the client now goes through one of them
+            carrying = client._current
+            assert carrying is not None
+            frozen = first if str(carrying.address) == first.address else second
+            await in_thread(frozen.stop)
+            try:
+                assert await client.execute("charge", 2) == "charged 2"
+            finally:
+                await in_thread(frozen.cont)
+            with anyio.fail_after(10):
+                await _all_linked(node)  # back on the woken gateway, which had the stale copy
+            assert await client.execute("charge", 3) == "charged 3"
+        assert charges.runs == 3  # 1, 2 and 3, each once

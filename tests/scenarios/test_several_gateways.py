@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import socket
+import time
 
 import anyio
+import psutil
 import pytest
 
 from easyremote import AsyncClient
 from easyremote_core import _address
 from easyremote_core._address import Address, expand, parse_addresses
-from easyremote_core.testing.processes import GatewayProcess, free_port
+from easyremote_core.testing.processes import GatewayProcess, PythonProcess, free_port
 
 from .conftest import FAST, LogTimeline, calling, gateway_process, in_thread, scenario_node
 
@@ -90,3 +92,42 @@ async def test_every_address_of_a_name_gets_a_link(monkeypatch: pytest.MonkeyPat
             assert node.status().gateways == {f"127.0.0.1:{port}": "ready", f"127.0.0.2:{port}": "ready"}
             async with AsyncClient(f"tcp://gateways.test:{port}", timeout=10, **FAST) as client:
                 assert await client.execute("add", 1, 1) == 2
+
+
+NODE_SCRIPT = """
+import sys
+from easyremote import ComputeNode
+
+node = ComputeNode(sys.argv[1], "counted-node", heartbeat_interval=0.5, heartbeat_timeout=2.0)
+
+@node.register
+def add(a: int, b: int) -> int:
+    return a + b
+
+node.serve()
+"""
+
+
+def _footprint(transport: str, gateways: list[GatewayProcess]) -> tuple[float, int]:
+    """RSS (MiB) and open descriptors of a node process registered on ``gateways``, once settled."""
+    addresses = ",".join(f"{transport}://{g.address}" for g in gateways)
+    with PythonProcess(NODE_SCRIPT, args=(addresses,), name="node") as node:
+        node.start()
+        node.wait_for_line("Registered to VPS successfully", 20.0, count=len(gateways))
+        time.sleep(1.0)  # a few heartbeats: pools and buffers reach their steady size
+        process = psutil.Process(node.pid)
+        return process.memory_info().rss / 2**20, process.num_fds()
+
+
+@pytest.mark.parametrize("transport", ["grpc", "tcp"])
+def test_three_gateways_cost_a_node_at_most_three_times_one(transport: str) -> None:
+    args = ("--transport", transport, "--heartbeat-timeout", "2")
+    with GatewayProcess(args=args) as a, GatewayProcess(args=args) as b, GatewayProcess(args=args) as c:
+        for gateway in (a, b, c):
+            gateway.start()
+        one_rss, one_fds = _footprint(transport, [a])
+        three_rss, three_fds = _footprint(transport, [a, b, c])
+    print(f"{transport}: 1 gateway {one_rss:.1f} MiB, {one_fds} fds; 3 gateways {three_rss:.1f} MiB, {three_fds} fds")
+    assert three_rss <= 3 * one_rss
+    assert three_fds <= 3 * one_fds
+    assert three_fds > one_fds  # each gateway has its own link
