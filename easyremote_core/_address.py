@@ -79,22 +79,39 @@ def parse_addresses(value: str | Iterable[str], *, parameter: str = "vps_address
     return tuple(addresses)
 
 
+def is_name(address: Address) -> bool:
+    """Whether ``address`` names its host (rather than giving an IP address)."""
+    try:
+        ipaddress.ip_address(address.host)
+    except ValueError:
+        return True
+    return False
+
+
 async def expand(address: Address) -> tuple[Address, ...]:
     """The gateways ``address`` stands for: a host name that resolves to several addresses is
     several gateways (IPv4 ones when it has any, else IPv6), each dialled by its IP address;
     any other address is itself, resolved again by the transport at every attempt."""
-    try:
-        ipaddress.ip_address(address.host)
+    if not is_name(address):
         return (address,)
-    except ValueError:
-        pass
+    hosts = await resolve_hosts(address)
+    if hosts is None or len(hosts) < 2:
+        return (address,)  # one gateway (or not resolvable now): the transport resolves it at each attempt
+    return each_host(address, hosts)
+
+
+def each_host(address: Address, hosts: list[str]) -> tuple[Address, ...]:
+    """``address`` dialled at each of ``hosts``, its name kept for TLS."""
+    return tuple(replace(address, host=host, server_name=address.host) for host in hosts)
+
+
+async def resolve_hosts(address: Address) -> list[str] | None:
+    """The IP addresses a name resolves to now (IPv4 ones when it has any, else IPv6), sorted;
+    ``None`` if it does not resolve."""
     try:
         found = await anyio.getaddrinfo(address.host, address.port, type=socket.SOCK_STREAM)
     except OSError:
-        return (address,)  # not resolvable now: the transport reports it at each attempt
-    v4 = list(dict.fromkeys(str(sockaddr[0]) for family, *_, sockaddr in found if family == socket.AF_INET))
-    v6 = list(dict.fromkeys(str(sockaddr[0]) for family, *_, sockaddr in found if family == socket.AF_INET6))
-    hosts = v4 or v6
-    if len(hosts) < 2:
-        return (address,)
-    return tuple(replace(address, host=host, server_name=address.host) for host in sorted(hosts))
+        return None
+    v4 = {str(sockaddr[0]) for family, *_, sockaddr in found if family == socket.AF_INET}
+    v6 = {str(sockaddr[0]) for family, *_, sockaddr in found if family == socket.AF_INET6}
+    return sorted(v4 or v6) or None

@@ -21,7 +21,7 @@ import anyio.from_thread
 import sniffio
 from anyio.streams.memory import MemoryObjectSendStream
 
-from ._address import parse_addresses
+from ._address import Address, parse_addresses
 from ._backend import HostTask, clock
 from ._backend import run as run_loop
 from ._config import LinkSettings, number, whole
@@ -240,16 +240,19 @@ class AsyncClient:
             return
         self._now = clock()
         self._loop = asyncio.get_running_loop() if sniffio.current_async_library() == "asyncio" else None
-        supervisors = []
-        for n, address in enumerate(await self._plan.gateways()):
-            gateway = _ClientGateway(self)
-            gateway.supervisor = self._plan.supervisor(address, first=n == 0, role="client", hello=self._hello,
-                                                       on_frame=gateway.on_frame, on_link_lost=self._on_link_lost)
-            supervisors.append(gateway.supervisor)
-        self._supervisor = GatewaySet(supervisors)
+        self._supervisor = GatewaySet([self._supervise(address, first=n == 0)
+                                       for n, address in enumerate(await self._plan.gateways())],
+                                      make=functools.partial(self._supervise, first=False), names=self.addresses,
+                                      refresh=self.settings.health_check_interval)
         for callback in self._callbacks:
             self._supervisor.on_state_change(callback)
         self._host = HostTask.spawn(self._keep_connected, name=f"easyremote client of {self._where}")
+
+    def _supervise(self, address: Address, *, first: bool) -> ConnectionSupervisor:
+        gateway = _ClientGateway(self)
+        gateway.supervisor = self._plan.supervisor(address, first=first, role="client", hello=self._hello,
+                                                   on_frame=gateway.on_frame, on_link_lost=self._on_link_lost)
+        return gateway.supervisor
 
     async def _keep_connected(self) -> None:
         assert self._supervisor is not None

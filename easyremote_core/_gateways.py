@@ -9,8 +9,9 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 
 import anyio
+import anyio.abc
 
-from ._address import Address, expand
+from ._address import Address, each_host, expand, is_name, resolve_hosts
 from ._config import LinkSettings
 from ._errors import EasyRemoteError, GatewayUnavailableError
 from ._link import FrameHandler, Link
@@ -34,15 +35,31 @@ class GatewaySet:
     :meth:`run` raises only when the last one has.
     """
 
-    def __init__(self, supervisors: Sequence[ConnectionSupervisor]) -> None:
+    def __init__(self, supervisors: Sequence[ConnectionSupervisor], *,
+                 make: Callable[[Address], ConnectionSupervisor] | None = None,
+                 names: Sequence[Address] = (), refresh: float = 30.0) -> None:
         assert supervisors, "a gateway set needs at least one gateway"
-        self.supervisors = list(supervisors)
+        self.supervisors: list[ConnectionSupervisor] = []
         self._callbacks: list[StateCallback] = []
         self._changed = anyio.Event()
-        self.state = self._aggregate()
         self._erred: ConnectionSupervisor | None = None  # the link that reported an error last
-        for supervisor in self.supervisors:
-            supervisor.on_state_change(functools.partial(self._on_change, supervisor))
+        self._make = make  # a new supervisor, for an address a name resolves to now
+        self._names = [name for name in names if is_name(name)]
+        self._refresh = refresh
+        self._scopes: dict[ConnectionSupervisor, anyio.CancelScope] = {}
+        self._task_group: anyio.abc.TaskGroup | None = None
+        self._failures: list[EasyRemoteError] = []
+        self._ended = anyio.Event()
+        for supervisor in supervisors:
+            self._add(supervisor)
+        self.state = self._aggregate()
+
+    def _add(self, supervisor: ConnectionSupervisor) -> None:
+        self.supervisors.append(supervisor)
+        self._scopes[supervisor] = anyio.CancelScope()  # from now on, run() waits for it too
+        supervisor.on_state_change(functools.partial(self._on_change, supervisor))
+        if self._task_group is not None:
+            self._task_group.start_soon(self._keep, supervisor)
 
     # -- observing ------------------------------------------------------------------------
 
@@ -142,29 +159,72 @@ class GatewaySet:
     async def run(self) -> None:
         """Keep every link up until cancelled; raise once every link has given up.
 
-        With one gateway this is that supervisor's ``run``. With several, the error that
-        ended the first link is raised when the last one ends too.
+        The error that ended the first link is raised when the last one ends too. A name
+        that resolved to several addresses is resolved again every ``refresh`` seconds: an
+        address it gains gets a link, one it lost goes once its link is down.
         """
-        if len(self.supervisors) == 1:
-            await self.supervisors[0].run()
-            return
-        failures: list[EasyRemoteError] = []
-
-        async def keep(supervisor: ConnectionSupervisor) -> None:
-            try:
-                await supervisor.run()
-            except EasyRemoteError as exc:
-                failures.append(exc)
-                others = [s for s in self.supervisors if s.state is not ConnectionState.CLOSED]
-                if others:
-                    logger.error("Gave up on gateway %s (%s); %d other gateway(s) remain",
-                                 supervisor.address, exc, len(others))
-
         async with anyio.create_task_group() as tg:
+            self._task_group = tg
             for supervisor in self.supervisors:
-                tg.start_soon(keep, supervisor)
-        if failures:
-            raise failures[0]
+                tg.start_soon(self._keep, supervisor)
+            if self._make is not None:
+                for name in self._names:
+                    tg.start_soon(self._follow, name)
+            await self._ended.wait()
+            tg.cancel_scope.cancel()
+        self._task_group = None
+        if self._failures:
+            raise self._failures[0]
+
+    async def _keep(self, supervisor: ConnectionSupervisor) -> None:
+        try:
+            with self._scopes[supervisor]:
+                await supervisor.run()
+        except EasyRemoteError as exc:
+            self._failures.append(exc)
+            others = [s for s in self.supervisors if s.state is not ConnectionState.CLOSED]
+            if others:
+                logger.error("Gave up on gateway %s (%s); %d other gateway(s) remain",
+                             supervisor.address, exc, len(others))
+        finally:
+            self._scopes.pop(supervisor, None)
+            if not self._scopes:
+                self._ended.set()
+
+    async def _follow(self, name: Address) -> None:
+        """Resolve ``name`` again and again: links for the addresses it gains, none for those it lost."""
+        assert self._make is not None
+        while True:
+            await anyio.sleep(self._refresh)
+            hosts: list[str] | None = None
+            with anyio.move_on_after(self._refresh):
+                hosts = await resolve_hosts(name)
+            if hosts is None:
+                continue
+            ours = [s for s in self.supervisors if s.address == name or s.address.server_name == name.host]
+            by_name = [s for s in ours if s.address == name]
+            if by_name and len(hosts) < 2:
+                continue  # one gateway, dialled by its name: the transport resolves it at each attempt
+            found = each_host(name, hosts)
+            for address in found:
+                if not any(s.address == address for s in ours):
+                    logger.info("Gateway name %s resolves to %s now: linking to it", name.host, address)
+                    self._add(self._make(address))
+            for supervisor in ours:
+                # A link dialled by the name goes too: the links to each address replace it.
+                if supervisor.address not in found and (supervisor.state is not ConnectionState.READY
+                                                        or supervisor in by_name):
+                    logger.info("Gateway name %s no longer resolves to %s: dropping its link", name.host,
+                                supervisor.address)
+                    self._drop(supervisor)
+
+    def _drop(self, supervisor: ConnectionSupervisor) -> None:
+        scope = self._scopes.get(supervisor)
+        if scope is None or len(self._scopes) == 1:
+            return  # the last link stays
+        self.supervisors.remove(supervisor)
+        scope.cancel()
+        self._on_change(supervisor, supervisor.state, supervisor.state, "")
 
 
 class LinkPlan:

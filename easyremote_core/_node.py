@@ -343,7 +343,9 @@ class ComputeNode:
         self._kept.clear()
         stopping = self._stopping
         supervisor = GatewaySet([self._supervise(address, first=n == 0)
-                                 for n, address in enumerate(await self._plan.gateways())])
+                                 for n, address in enumerate(await self._plan.gateways())],
+                                make=functools.partial(self._supervise, first=False), names=self.addresses,
+                                refresh=self.settings.health_check_interval)
         for callback in self._state_callbacks:
             supervisor.on_state_change(callback)
         self._supervisor = supervisor

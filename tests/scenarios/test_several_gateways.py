@@ -131,3 +131,35 @@ def test_three_gateways_cost_a_node_at_most_three_times_one(transport: str) -> N
     assert three_rss <= 3 * one_rss
     assert three_fds <= 3 * one_fds
     assert three_fds > one_fds  # each gateway has its own link
+
+
+async def test_a_name_is_followed_to_the_addresses_it_gains_and_loses(monkeypatch: pytest.MonkeyPatch,
+                                                                     timeline: LogTimeline) -> None:
+    """A gateway replaced on a new address (a pod rescheduled behind a headless Service): the node
+    links to the new address within its health_check_interval and drops the old one once it is down."""
+    port = free_port("127.0.0.1")
+    real = _address.anyio.getaddrinfo
+    hosts = ["127.0.0.1", "127.0.0.2"]
+
+    async def resolve(host: str, port: int, **kwargs: object) -> list[tuple]:
+        if host != "gateways.test":
+            return await real(host, port, **kwargs)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (ip, port)) for ip in hosts]
+
+    monkeypatch.setattr(_address.anyio, "getaddrinfo", resolve)
+    args = ("--transport", "tcp", "--heartbeat-timeout", "2")
+    with GatewayProcess(port=port, args=args) as one, GatewayProcess(port=port, host="127.0.0.2", args=args) as two, \
+            GatewayProcess(port=port, host="127.0.0.3", args=args) as three:
+        for gateway in (one, two, three):
+            gateway.start()
+        node = scenario_node(f"tcp://gateways.test:{port}", health_check_interval=0.5)
+        begun = anyio.current_time()
+        async with node:
+            await _both_registered(timeline, begun)
+            await in_thread(two.kill)
+            hosts[1] = "127.0.0.3"  # the gateway that was at .2 is at .3 now
+            moved = anyio.current_time()
+            with anyio.fail_after(15):
+                await timeline.wait_for("Registered to VPS successfully", after=moved)
+                await timeline.wait_for("no longer resolves to 127.0.0.2", after=moved, logger="easyremote")
+            assert node.status().gateways == {f"127.0.0.1:{port}": "ready", f"127.0.0.3:{port}": "ready"}
