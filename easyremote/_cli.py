@@ -113,6 +113,12 @@ def _parser() -> argparse.ArgumentParser:
     node.add_argument("--heartbeat-timeout", type=float, default=15.0, help="declare the link dead after (default 15)")
     node.add_argument("--connection-timeout", type=float, default=10.0, help="bound of one attempt (default 10)")
     node.add_argument("--execution-timeout", type=float, default=300.0, help="bound of one call (default 300)")
+    node.add_argument("--idempotent", action="append", default=[], metavar="FUNCTION",
+                      help="this function may run again after a lost link (repeatable; '*' for all)")
+    node.add_argument("--result-retention", type=float, default=300.0,
+                      help="seconds each answer of a non-idempotent call is kept for a caller that asks "
+                      "again through another gateway (default 300)")
+    _dial_tls_arguments(node)
     node.add_argument("source", metavar="FILE_OR_MODULE", help="a .py file or an importable module name")
 
     nodes = commands.add_parser("nodes", help="list the nodes a gateway knows",
@@ -121,6 +127,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="gateway address, host:port, or several separated by commas (default "
                             "$EASYREMOTE_GATEWAY); the first that answers is asked")
     nodes.add_argument("--token", default=None, help="auth token")
+    _dial_tls_arguments(nodes)
     nodes.add_argument("--timeout", type=float, default=10.0, help="seconds to wait (default 10)")
     nodes.add_argument("--connect-timeout", type=float, default=5.0,
                        help="give up when the gateway cannot be reached within this (default 5)")
@@ -136,6 +143,7 @@ def _parser() -> argparse.ArgumentParser:
     call.add_argument("--connect-timeout", type=float, default=5.0,
                       help="give up when the gateway cannot be reached within this (default 5)")
     call.add_argument("--kwargs", default=None, help="keyword arguments as a JSON object")
+    _dial_tls_arguments(call)
     call.add_argument("function", help="function name")
     call.add_argument("args", nargs="*", metavar="JSON_ARG", help="positional arguments, each a JSON value")
 
@@ -191,6 +199,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
 
 
+def _dial_tls_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tls-ca", default=None, metavar="PEM",
+                        help="dial the gateway over TLS, trusting this CA (the gateway's --tls-cert issuer)")
+    parser.add_argument("--tls-cert", default=None, metavar="PEM",
+                        help="client certificate, for a gateway that asks for one (--tls-client-ca)")
+    parser.add_argument("--tls-key", default=None, metavar="PEM", help="private key of --tls-cert")
+    parser.add_argument("--tls-server-name", default=None, metavar="NAME",
+                        help="the name the gateway's certificate must be issued for (default: the host dialled)")
+
+
+def _dial_tls(options: argparse.Namespace) -> TLSConfig | None:
+    """The TLS settings of a node or client command, or ``None`` for a plain-text link."""
+    if not (options.tls_ca or options.tls_cert or options.tls_key or options.tls_server_name):
+        return None
+    if bool(options.tls_cert) != bool(options.tls_key):
+        raise ConfigurationError("--tls-cert and --tls-key go together")
+    if not options.tls_ca:
+        raise ConfigurationError("TLS needs --tls-ca: the CA that issued the gateway's certificate")
+    return TLSConfig(ca=options.tls_ca, cert=options.tls_cert, key=options.tls_key,
+                     server_hostname=options.tls_server_name)
+
+
 def _state_file(options: argparse.Namespace) -> str | None:
     if options.no_state_file:
         if options.state_file:
@@ -241,9 +271,14 @@ def _node(options: argparse.Namespace) -> int:
         max_reconnect_interval=options.max_reconnect_interval, max_retry_attempts=options.max_retry_attempts,
         heartbeat_interval=options.heartbeat_interval, heartbeat_timeout=options.heartbeat_timeout,
         connection_timeout=options.connection_timeout, execution_timeout=options.execution_timeout,
+        result_retention=options.result_retention, tls=_dial_tls(options),
     )
+    names = {function.__name__ for function in functions}
+    unknown = sorted(set(options.idempotent) - names - {"*"})
+    if unknown:
+        raise ConfigurationError(f"--idempotent {unknown[0]}: {options.source} defines no such public function")
     for function in functions:
-        node.register(function)
+        node.register(idempotent="*" in options.idempotent or function.__name__ in options.idempotent)(function)
     print(f"EasyRemote node {node.node_id} serving {', '.join(f.__name__ for f in functions)}", flush=True)
     node.serve()
     return EXIT_OK
@@ -274,7 +309,7 @@ def _load_functions(source: str) -> list[Callable[..., object]]:
 
 
 def _nodes(options: argparse.Namespace) -> int:
-    with Client(options.gateway, timeout=options.timeout, auth_token=options.token) as client:
+    with Client(options.gateway, timeout=options.timeout, auth_token=options.token, tls=_dial_tls(options)) as client:
         client.wait_ready(options.connect_timeout)
         nodes = client.list_nodes()
     if not nodes:
@@ -291,7 +326,7 @@ def _call(options: argparse.Namespace) -> int:
     kwargs = _json(options.kwargs, "--kwargs") if options.kwargs else {}
     if not isinstance(kwargs, dict):
         raise ConfigurationError("--kwargs must be a JSON object")
-    with Client(options.gateway, timeout=options.timeout, auth_token=options.token) as client:
+    with Client(options.gateway, timeout=options.timeout, auth_token=options.token, tls=_dial_tls(options)) as client:
         client.wait_ready(options.connect_timeout)
         try:
             try:

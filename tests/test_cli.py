@@ -211,3 +211,44 @@ def test_token_new_makes_credentials_a_gateway_enforces(tmp_path) -> None:
 def test_token_new_refuses_a_node_id_for_a_client() -> None:
     result = easyremote("token", "new", "--role", "client", "--node-id", "x")
     assert result.returncode == 1 and "--node-id means nothing for role client" in result.stderr
+
+
+FUNCTIONS = """
+def add(a, b):
+    return a + b
+
+def charge(amount):
+    return amount
+"""
+
+
+@pytest.mark.timeout(90)
+def test_node_and_call_dial_a_tls_gateway_from_the_command_line(tmp_path) -> None:
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    paths = {name: str(tmp_path / name) for name in ("ca.pem", "gateway.pem", "gateway.key")}
+    ca.cert_pem.write_to_path(paths["ca.pem"])
+    cert.cert_chain_pems[0].write_to_path(paths["gateway.pem"])
+    cert.private_key_pem.write_to_path(paths["gateway.key"])
+    source = tmp_path / "functions.py"
+    source.write_text(FUNCTIONS)
+    tls = ("--tls-cert", paths["gateway.pem"], "--tls-key", paths["gateway.key"])
+    with GatewayProcess(args=tls) as gateway:
+        gateway.start()
+        node = PythonProcess("import sys; from easyremote._cli import main; sys.exit(main(sys.argv[1:]))", args=(
+            "node", "--gateway", gateway.address, "--tls-ca", paths["ca.pem"], "--idempotent", "add",
+            "--heartbeat-interval", "0.5", "--heartbeat-timeout", "2", str(source)), name="tls-node")
+        with node:
+            node.start()
+            node.wait_for_line("Registered to VPS successfully", 30)
+            result = easyremote("call", "--gateway", gateway.address, "--tls-ca", paths["ca.pem"], "add", "2", "40")
+            assert result.returncode == 0, result.stderr
+            assert json.loads(result.stdout) == 42
+            plain = easyremote("call", "--gateway", gateway.address, "--connect-timeout", "2", "add", "1", "1")
+            assert plain.returncode != 0 and "TLS" in plain.stderr  # a plain-text client is told why
+            listed = easyremote("nodes", "--gateway", gateway.address, "--tls-ca", paths["ca.pem"])
+            assert listed.returncode == 0 and "add, charge" in listed.stdout
+    bad = easyremote("node", "--gateway", "127.0.0.1:1", "--idempotent", "nope", str(source))
+    assert bad.returncode == 1 and "--idempotent nope" in bad.stderr  # a bad setting
