@@ -444,6 +444,56 @@ async def recover_from_outages(plan: Plan, transport: str, logs: Path) -> list[R
     return results
 
 
+# -- 4. a node with two gateways -------------------------------------------------------------
+
+
+@dataclass
+class TwoGateways:
+    noticed: Figure = field(default_factory=Figure)  # kill -> the link to it leaves ready
+    back: Figure = field(default_factory=Figure)  # listening again -> that link ready again
+    node_left_ready: int = 0  # times the node as a whole left ready (it has the other gateway)
+    failed_calls: Counter[str] = field(default_factory=Counter)
+    calls: int = 0
+
+
+async def recover_one_of_two(plan: Plan, transport: str, logs: Path) -> TwoGateways:
+    """A node and a client on two gateways; one gateway is SIGKILLed and restarted, again and again:
+    the link to it, measured as a single gateway's link is in 1 and 2, and the node and calls meanwhile."""
+    result = TwoGateways()
+    async with gateway_process(transport, logs, "two-a") as first, gateway_process(transport, logs, "two-b") as other:
+        address = f"{transport}://{first.address},{transport}://{other.address}"
+        async with running_node(address, "two-gateways-node") as (node, node_log):
+            gateways = node._supervisor
+            assert gateways is not None
+            link_log = StateLog()
+            link = next(s for s in gateways.supervisors if str(s.address) == first.address)
+            link.on_state_change(link_log.record)
+            with anyio.fail_after(STARTUP_TIMEOUT):
+                while not all(s.state is READY for s in gateways.supervisors):
+                    await gateways.wait_changed()
+            async with AsyncClient(address, timeout=CALL_TIMEOUT) as client, anyio.create_task_group() as tg:
+                loop = CallLoop(client)
+                tg.start_soon(loop.run)
+                await loop.first_success(0, 1, STARTUP_TIMEOUT)
+                began = time.perf_counter()
+                for _ in range(plan.runs):
+                    await anyio.sleep(1.0)
+                    killed = await in_thread(_stamped(first.kill))
+                    noticed, _ = await link_log.left_ready(killed, timeout=30)
+                    await anyio.sleep(1.0)
+                    listening = await in_thread(_after(first.start))
+                    ready, _ = await link_log.ready(listening, timeout=60)
+                    result.noticed.values.append(noticed - killed)
+                    result.back.values.append(ready - listening)
+                await anyio.sleep(1.0)
+                ended = time.perf_counter()
+                result.failed_calls = loop.failures(began, ended)
+                result.calls = sum(1 for r in loop.records if began <= r.finished <= ended)
+                tg.cancel_scope.cancel()
+            result.node_left_ready = sum(1 for stamp, old, _, _ in node_log.changes if old is READY and stamp >= began)
+    return result
+
+
 # -- 3. many nodes returning together --------------------------------------------------------
 
 
@@ -594,6 +644,22 @@ async def run(options: argparse.Namespace) -> None:
         Row(f"3   {plan.crowd} nodes: the last re-registered", _fig(last), "(shown)", None, "n/a"),
         Row(f"3   {plan.crowd} nodes: connection attempts per node", f"{per_node:.2f} (worst restart)",
             f"<= {STORM_LIMIT:g} (no storm)", per_node <= STORM_LIMIT, "n/a"),
+    ]
+
+    print(f"\n4. A node and a client with two gateways; one is SIGKILLed, down 1 s, restarted ({plan.runs} times); "
+          f"{settings_text()}", flush=True)
+    two = await recover_one_of_two(plan, transport, logs)
+    report("(a) its link notices", two.noticed, "")
+    report("(b) its link registered again, from 'gateway listening again'", two.back, "")
+    failed_two = sum(two.failed_calls.values())
+    print(f"    the node left 'ready' {two.node_left_ready} time(s); {failed_two} of {two.calls} calls failed"
+          f"{': ' + str(dict(two.failed_calls)) if failed_two else ''}", flush=True)
+    rows += [
+        Row("4a two gateways, one killed: its link notices", _fig(two.noticed), "< 1 s", two.noticed.median < TARGET,
+            "n/a"),
+        Row("4b two gateways, one restarted: its link back", _fig(two.back), "< 1 s", two.back.median < TARGET, "n/a"),
+        Row("4  two gateways: node left ready / calls failed", f"{two.node_left_ready} / {failed_two} of {two.calls}",
+            "0 / 0", two.node_left_ready == 0 and failed_two == 0, "n/a"),
     ]
 
     print("\nSummary", flush=True)

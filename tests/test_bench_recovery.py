@@ -21,6 +21,9 @@ EXPECTED_LINES = [
     "(i)  2 s outage: node registered again",
     "(ii) 2 s outage: first call served by the returned node",
     "restart 1: re-registered median",
+    "(a) its link notices",
+    "(b) its link registered again, from 'gateway listening again'",
+    "    the node left 'ready'",
     "Summary",
     "machine: ",
     "1a gateway killed: node notices",
@@ -31,6 +34,9 @@ EXPECTED_LINES = [
     "2ii 2 s outage: first call served",
     "3   20 nodes: each re-registered",
     "3   20 nodes: connection attempts per node",
+    "4a two gateways, one killed: its link notices",
+    "4b two gateways, one restarted: its link back",
+    "4  two gateways: node left ready / calls failed",
 ]
 
 
