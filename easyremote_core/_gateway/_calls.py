@@ -317,6 +317,8 @@ class CallTable:
                 request.incarnation = node.incarnation
                 self._spawn(self._wait_for_node, call, False, self.grace)
             else:
+                if node.abandoned is None:
+                    node.abandoned = []
                 node.abandoned.append(call.request.call_id)
                 self.finish(call, error_frame(
                     call.request.call_id, ErrorCode.CODE_NODE_LOST,

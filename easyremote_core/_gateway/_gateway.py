@@ -326,11 +326,11 @@ class Gateway(ServingLifecycle):
         old = self._nodes.connect(session)
         self._welcome(session.link)
         logger.info("Node %s connected from %s", hello.node_id, connection.peer)
-        if old is not None and old.incarnation == session.incarnation:
+        if old is not None and old.incarnation == session.incarnation and old.abandoned:
             for call_id in old.abandoned:  # their callers were told they were lost: stop them
                 session.link.send(pb.Envelope(cancel=pb.Cancel(
                     call_id=call_id, reason="the gateway reported it lost when the node's link ended")))
-            old.abandoned.clear()
+            old.abandoned = None
         await session.link.run()
 
     async def _serve_client(self, connection: Connection, hello: pb.Hello, credential: Credential) -> None:

@@ -46,7 +46,7 @@ class NodeSession(Peer):
     leaving: str = ""  # why the node said goodbye; it gets no new calls and leaves once they are answered
     #: Calls failed as lost when this session ended: if the same run of the node comes back, it is
     #: told to stop them (they may still run there, and nobody waits for them any more).
-    abandoned: list[str] = field(default_factory=list)
+    abandoned: list[str] | None = None
 
     @property
     def state(self) -> str:
