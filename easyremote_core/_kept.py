@@ -42,6 +42,8 @@ class KeptAnswers:
     def keep(self, call_id: str, owner: bytes, envelope: pb.Envelope, attachment: Attachment | None) -> None:
         size = envelope.ByteSize() + (len(attachment) if attachment is not None else 0) + KEPT_OVERHEAD
         now = self.now()
+        if call_id in self._kept:  # an answer replaces what was kept for the call before
+            self._drop(call_id)
         self._kept[call_id] = Kept(owner, envelope, attachment, size, now + self.retention)
         self.bytes += size
         while self.bytes > self.max_bytes and self._kept:

@@ -541,7 +541,7 @@ class ComputeNode:
         if known is not None:
             self._attach(link, request, known)
             return
-        if self._kept:
+        if self._kept and not request.after_asking:
             kept = self._kept.get(call_id)
             if kept is not None:
                 if kept.owner != request.owner:
@@ -551,6 +551,11 @@ class ComputeNode:
                     link.send(kept.envelope, kept.attachment)  # it ran: its answer, again
                 return
         if request.only_if_known and request.incarnation == self._incarnation and not self._kept.forgot_recently():
+            # Asked about after its gateway was lost: it may run elsewhere now, so a late copy of it
+            # (from a gateway that froze with it) must not run here. Kept as its answer.
+            self._kept.keep(call_id, request.owner, error_frame(
+                call_id, ErrorCode.CODE_CANCELLED, f"call {call_id} of {request.function!r} was asked for again "
+                "through another gateway and runs there; this late copy did not run", node_id=self.node_id), None)
             link.send(error_frame(call_id, ErrorCode.CODE_UNKNOWN_CALL, f"node {self.node_id} never received "
                                   f"call {call_id}", node_id=self.node_id))
             return

@@ -188,14 +188,11 @@ class CallTable:
         request = call.request
         if call.probing is not None:
             return
-        sessions = [n for n in self.registry.serving(request.function)
-                    if not request.node_id or n.node_id == request.node_id]
-        if not sessions or any(n.lost_at is not None or not n.registered for n in sessions):
-            # A node that serves it is away: it could have the call and cannot be asked.
-            self.finish(call, error_frame(
-                request.call_id, ErrorCode.CODE_CANCELLED,
-                f"call {request.call_id} of {request.function!r} was lost with the link to the gateway; "
-                "it may or may not have run, and it is not run again because the function is not idempotent"))
+        sessions = self._all_here(call)
+        if sessions is None:
+            # A node that may have it is away (reconnecting, or served it and not back yet after a
+            # restart): wait for it, so that every node that could have the call is asked.
+            self._spawn(self._ask_when_all_here, call)
             return
         call.probing = {n.node_id for n in sessions}
         for node in sessions:
@@ -205,6 +202,35 @@ class CallTable:
             probe.resume = probe.only_if_known = True
             probe.node_id, probe.incarnation = node.node_id, node.incarnation
             node.link.send(pb.Envelope(call=probe), call.attachment)
+
+    def _all_here(self, call: Call) -> list[NodeSession] | None:
+        """The sessions to ask about ``call``, if every node that may have it is here and connected."""
+        request = call.request
+        sessions = [n for n in self.registry.serving(request.function)
+                    if not request.node_id or n.node_id == request.node_id]
+        here = {n.node_id for n in sessions if n.registered and n.lost_at is None}
+        expected = {n.node_id for n in sessions} | self.registry.history.may_hold(request.function)
+        if request.node_id:
+            expected &= {request.node_id}
+        if not here or not expected <= here:
+            return None
+        return [n for n in sessions if n.node_id in here]
+
+    async def _ask_when_all_here(self, call: Call) -> None:
+        request = call.request
+        limit = min(request.timeout if request.timeout > 0 else self.grace, max(self.grace, self.startup_grace))
+        with anyio.move_on_after(limit):
+            while self.calls.get(request.call_id) is call:
+                if self._all_here(call) is not None:
+                    self._ask_around(call)
+                    return
+                await self.registry.wait_changed()
+        if self.calls.get(request.call_id) is call and call.probing is None:
+            self.finish(call, error_frame(
+                request.call_id, ErrorCode.CODE_CANCELLED,
+                f"call {request.call_id} of {request.function!r} was lost with the link to the gateway; "
+                "it may or may not have run (a node that may have it did not come back in time), and it is "
+                "not run again because the function is not idempotent"))
 
     def _probe_answered(self, call: Call, node: NodeSession, known: bool) -> None:
         """One node's answer to :meth:`_ask_around`: ``known`` — it has the call, whose answers are its."""
@@ -220,6 +246,8 @@ class CallTable:
             logger.info("Call %s of %r, asked again, never reached a node: running it", call.request.call_id,
                         call.request.function)
             call.asked_again = False
+            call.as_framed = False
+            call.request.after_asking = True  # each node asked now refuses late copies, except this one
             self.dispatch(call)
 
     def _stop_asking(self, call: Call) -> None:

@@ -36,7 +36,8 @@ CREATE TABLE IF NOT EXISTS nodes (
     node_id TEXT PRIMARY KEY,
     functions TEXT NOT NULL,   -- JSON list of names
     labels TEXT NOT NULL,      -- JSON object
-    last_seen REAL NOT NULL    -- seconds since the epoch
+    last_seen REAL NOT NULL,   -- seconds since the epoch
+    left INTEGER NOT NULL DEFAULT 0  -- 1: it stopped in order, its calls answered
 )
 """
 
@@ -50,6 +51,7 @@ class SeenNode:
     functions: tuple[str, ...]
     labels: Mapping[str, str]
     last_seen: float
+    left: bool = False  # it said goodbye and drained its calls: it holds none of this gateway's
 
 
 class History:
@@ -71,12 +73,19 @@ class History:
     def knows_node(self, node_id: str) -> bool:
         return node_id in self.nodes
 
+    def may_hold(self, function: str) -> set[str]:
+        """The nodes that served ``function`` and did not stop in order: any of them may be running a
+        call of it that a lost gateway had passed on."""
+        return {seen.node_id for seen in self.nodes.values() if not seen.left and function in seen.functions}
+
     # -- what happened --------------------------------------------------------------------
 
-    def saw(self, node_id: str, functions: Sequence[str], labels: Mapping[str, str] | None = None) -> None:
-        """A node registered these functions, or is still serving them (at a loss or a stop)."""
+    def saw(self, node_id: str, functions: Sequence[str], labels: Mapping[str, str] | None = None, *,
+            left: bool = False) -> None:
+        """A node registered these functions, or is still serving them (at a loss or a stop), or
+        ``left``: it stopped in order."""
         now = time.time()
-        seen = SeenNode(node_id, tuple(functions), dict(labels) if labels else _NO_LABELS, now)
+        seen = SeenNode(node_id, tuple(functions), dict(labels) if labels else _NO_LABELS, now, left)
         self.nodes[node_id] = seen
         self.nodes.move_to_end(node_id)
         for name in seen.functions:
@@ -104,7 +113,7 @@ class History:
         # thread's allocations at start leave the gateway ~4 KiB more per node it then serves.
         rows = self._open()
         cutoff = time.time() - MAX_AGE
-        for node_id, functions, labels, last_seen in sorted(rows, key=lambda row: row[3])[-MAX_NODES:]:
+        for node_id, functions, labels, last_seen, left in sorted(rows, key=lambda row: row[3])[-MAX_NODES:]:
             if not math.isfinite(last_seen) or last_seen < cutoff:
                 continue
             try:
@@ -112,7 +121,7 @@ class History:
                 tags = {str(k): str(v) for k, v in json.loads(labels).items()}
             except (ValueError, TypeError, AttributeError):
                 continue
-            self.nodes[node_id] = SeenNode(node_id, names, tags, last_seen)
+            self.nodes[node_id] = SeenNode(node_id, names, tags, last_seen, bool(left))
             for name in names:
                 if self.functions.get(name, -math.inf) < last_seen:
                     self.functions[name] = last_seen
@@ -120,14 +129,14 @@ class History:
         logger.info("Gateway state %s: %d node(s) and %d function(s) served before", self.path,
                     len(self.nodes), len(self.functions))
 
-    def _open(self) -> list[tuple[str, str, str, float]]:
+    def _open(self) -> list[tuple[str, str, str, float, int]]:
         assert self.path is not None
         directory = os.path.dirname(self.path)
         if directory:
             os.makedirs(directory, exist_ok=True)
         try:
             db = self._connect()
-            rows = db.execute("SELECT node_id, functions, labels, last_seen FROM nodes").fetchall()
+            rows = db.execute("SELECT node_id, functions, labels, last_seen, left FROM nodes").fetchall()
         except sqlite3.DatabaseError as exc:
             aside = f"{self.path}.unreadable-{int(time.time())}"
             logger.error("Gateway state %s cannot be read (%s); moved aside to %s, starting afresh",
@@ -182,5 +191,6 @@ class History:
                     self._db.execute("DELETE FROM nodes WHERE node_id = ?", (node_id,))
                 else:
                     self._db.execute(
-                        "INSERT OR REPLACE INTO nodes (node_id, functions, labels, last_seen) VALUES (?, ?, ?, ?)",
-                        (node_id, json.dumps(list(seen.functions)), json.dumps(dict(seen.labels)), seen.last_seen))
+                        "INSERT OR REPLACE INTO nodes (node_id, functions, labels, last_seen, left) "
+                        "VALUES (?, ?, ?, ?, ?)", (node_id, json.dumps(list(seen.functions)),
+                                                  json.dumps(dict(seen.labels)), seen.last_seen, int(seen.left)))

@@ -190,8 +190,8 @@ class Registry:
     def ended(self, session: NodeSession, reason: str) -> None:
         """The session's link has ended: a leaving node is gone, any other is kept for ``node_grace``."""
         current = self.nodes.get(session.node_id) is session
-        if session.registered and current:
-            self.history.saw(session.node_id, list(session.functions), session.labels)  # last seen now
+        if session.registered and current:  # last seen now
+            self.history.saw(session.node_id, list(session.functions), session.labels, left=bool(session.leaving))
         if not session.registered:  # it never served anything: nothing to wait for
             if current:
                 self._remove(session)

@@ -110,7 +110,7 @@ class Registered(_message.Message):
     def __init__(self, functions: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CallRequest(_message.Message):
-    __slots__ = ("call_id", "function", "payload", "node_id", "timeout", "streaming", "attempt", "owner", "resume", "incarnation", "served_before", "only_if_known")
+    __slots__ = ("call_id", "function", "payload", "node_id", "timeout", "streaming", "attempt", "owner", "resume", "incarnation", "served_before", "only_if_known", "after_asking")
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
     FUNCTION_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
@@ -123,6 +123,7 @@ class CallRequest(_message.Message):
     INCARNATION_FIELD_NUMBER: _ClassVar[int]
     SERVED_BEFORE_FIELD_NUMBER: _ClassVar[int]
     ONLY_IF_KNOWN_FIELD_NUMBER: _ClassVar[int]
+    AFTER_ASKING_FIELD_NUMBER: _ClassVar[int]
     call_id: str
     function: str
     payload: bytes
@@ -135,7 +136,8 @@ class CallRequest(_message.Message):
     incarnation: bytes
     served_before: bool
     only_if_known: bool
-    def __init__(self, call_id: _Optional[str] = ..., function: _Optional[str] = ..., payload: _Optional[bytes] = ..., node_id: _Optional[str] = ..., timeout: _Optional[float] = ..., streaming: _Optional[bool] = ..., attempt: _Optional[int] = ..., owner: _Optional[bytes] = ..., resume: _Optional[bool] = ..., incarnation: _Optional[bytes] = ..., served_before: _Optional[bool] = ..., only_if_known: _Optional[bool] = ...) -> None: ...
+    after_asking: bool
+    def __init__(self, call_id: _Optional[str] = ..., function: _Optional[str] = ..., payload: _Optional[bytes] = ..., node_id: _Optional[str] = ..., timeout: _Optional[float] = ..., streaming: _Optional[bool] = ..., attempt: _Optional[int] = ..., owner: _Optional[bytes] = ..., resume: _Optional[bool] = ..., incarnation: _Optional[bytes] = ..., served_before: _Optional[bool] = ..., only_if_known: _Optional[bool] = ..., after_asking: _Optional[bool] = ...) -> None: ...
 
 class Routed(_message.Message):
     __slots__ = ("call_id", "node_id", "incarnation")

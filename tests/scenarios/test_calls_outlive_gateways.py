@@ -32,8 +32,8 @@ class Charges:
         self.finished_at: float | None = None  # wall clock
         self.running = anyio.Event()
 
-    def node(self, address: str) -> ComputeNode:
-        node = ComputeNode(address, "charging-node", **FAST)
+    def node(self, address: str, node_id: str = "charging-node") -> ComputeNode:
+        node = ComputeNode(address, node_id, **FAST)
 
         @node.register
         async def charge(amount: int) -> str:
@@ -174,12 +174,14 @@ async def test_a_call_sent_into_a_frozen_gateway_runs_once_through_the_other(tra
     """The client's gateway freezes (SIGSTOP) just before the call: it never routes it, and the client
     never hears where it went. Asked again through the other gateway, the nodes there are asked
     whether they have it; none has, so it runs, once, even after the frozen gateway wakes up and
-    forwards its stale copy."""
+    forwards its stale copy (to either node: each refuses it once asked about it)."""
     with gateway_process(transport) as first, gateway_process(transport) as second:
         addresses = f"{transport}://{first.address},{transport}://{second.address}"
         charges = Charges()
-        async with charges.node(addresses) as node, AsyncClient(addresses, timeout=30, **FAST) as client:
+        async with charges.node(addresses) as node, charges.node(addresses, "other-node") as other, \
+                AsyncClient(addresses, timeout=30, **FAST) as client:
             await _all_linked(node)
+            await _all_linked(other)
             await _all_linked(client)
             assert await client.execute("charge", 1) == "charged 1"  # the client now goes through one of them
             carrying = client._current
@@ -192,5 +194,28 @@ async def test_a_call_sent_into_a_frozen_gateway_runs_once_through_the_other(tra
                 await in_thread(frozen.cont)
             with anyio.fail_after(10):
                 await _all_linked(node)  # back on the woken gateway, which had the stale copy
+                await _all_linked(other)
             assert await client.execute("charge", 3) == "charged 3"
         assert charges.runs == 3  # 1, 2 and 3, each once
+
+
+@pytest.mark.parametrize("transport", ["grpc", "tcp"])
+async def test_a_call_sent_into_a_gateway_that_then_restarts_runs_once(transport: str) -> None:
+    """The only gateway freezes, takes the call, and is killed and restarted before it routed it:
+    the restarted gateway (its state file knows the node) waits for the node, asks it, and runs
+    the call, once."""
+    with gateway_process(transport) as gateway:
+        address = f"{transport}://{gateway.address}"
+        charges = Charges()
+        async with charges.node(address) as node, AsyncClient(address, timeout=30, **FAST) as client:
+            await node.wait_ready()
+            assert await client.execute("charge", 1) == "charged 1"
+            await in_thread(gateway.stop)
+            outcome: dict[str, Any] = {}
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_call, client, outcome)
+                await anyio.sleep(0.3)  # the call is in the frozen gateway's socket
+                await in_thread(gateway.restart)
+        assert "error" not in outcome, outcome
+        assert outcome["value"] == "charged 7"
+        assert charges.runs == 2
