@@ -10,6 +10,7 @@ import functools
 import logging
 import os
 import random
+import signal
 import sys
 import tempfile
 import time
@@ -45,8 +46,9 @@ NODES = 3
 CLIENTS = 2
 CALLERS_PER_KIND = 3  # idempotent callers and as many non-idempotent ones, spread over the clients
 MEAN_FAULT_GAP = 2.5  # seconds between fault starts, exponentially distributed
-MAX_FAULTS_AT_ONCE = 2
-BOTH_GATEWAYS_DOWN_CHANCE = 0.3  # a gateway fault while the other gateway is down goes ahead this often
+MAX_FAULTS_AT_ONCE = 3
+#: A gateway fault while the other gateway is down goes ahead this often, and is brief: both are down briefly.
+BOTH_GATEWAYS_DOWN_CHANCE = 0.6
 REGISTERED = "Registered to VPS successfully"
 MAY_NOT_HAVE_RUN = "may or may not have run"
 
@@ -231,7 +233,7 @@ class Chaos:
                 return None
             g = self.rng.choice(free)
             return self._owning(f"gateway-{g}", functools.partial(
-                self.gateway_kill if kind == "gateway-kill" else self.gateway_stop, g))
+                self.gateway_kill if kind == "gateway-kill" else self.gateway_stop, g, len(free) < GATEWAYS))
         if kind.startswith("node"):
             free = [n for n in range(NODES) if f"node-{n}" not in self.busy]
             if not free:
@@ -256,9 +258,9 @@ class Chaos:
                 self.busy.discard(target)
         return run
 
-    async def gateway_kill(self, g: int) -> None:
+    async def gateway_kill(self, g: int, brief: bool) -> None:
         gateway = self.world.gateways[g]
-        down = self.rng.uniform(0.2, 3.0)
+        down = self.rng.uniform(0.2, 1.5 if brief else 3.0)
         span = self.timeline.down(g, f"gateway-{g} SIGKILL (down {down:.1f} s)")
         self.timeline.injected["gateway-kill"] += 1
         await in_thread(gateway.kill)
@@ -266,9 +268,9 @@ class Chaos:
         await in_thread(gateway.start)
         span[1] = self.timeline.note(f"gateway-{g} restarted, listening")
 
-    async def gateway_stop(self, g: int) -> None:
+    async def gateway_stop(self, g: int, brief: bool) -> None:
         gateway = self.world.gateways[g]
-        frozen = self.rng.uniform(1.0, 6.0)
+        frozen = self.rng.uniform(0.5, 2.0) if brief else self.rng.uniform(1.0, 6.0)
         span = self.timeline.down(g, f"gateway-{g} SIGSTOP ({frozen:.1f} s)")
         self.timeline.injected["gateway-stop"] += 1
         await in_thread(gateway.stop)
@@ -474,6 +476,13 @@ async def soak(world: World, options: argparse.Namespace) -> Verdict:
     return verdict
 
 
+def _interrupted(exc: BaseException) -> bool:
+    inner = getattr(exc, "exceptions", None)  # an exception group (a backport's on Python 3.10)
+    if isinstance(inner, tuple):
+        return any(_interrupted(one) for one in inner)
+    return isinstance(exc, KeyboardInterrupt)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=3.0, help="how long faults and calls go on (default 3)")
@@ -497,9 +506,17 @@ def main(argv: list[str] | None = None) -> int:
     easyremote.setLevel(logging.INFO)
     easyremote.addHandler(handler)
     easyremote.propagate = False
+    # SIGTERM unwinds like Ctrl+C: every process and proxy the soak started is stopped.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     started = time.time()
-    with World.build(options.transport, logs) as world:
-        verdict = run_loop(soak, world, options)
+    try:
+        with World.build(options.transport, logs) as world:
+            verdict = run_loop(soak, world, options)
+    except BaseException as exc:  # Ctrl+C reaches here as itself or inside the task groups' exception groups
+        if not _interrupted(exc):
+            raise
+        print(f"interrupted after {time.time() - started:.0f} s; every process and proxy stopped", flush=True)
+        return 130
     print(f"details of every miss: {logs / 'misses.txt'}; fault timeline: {logs / 'timeline.txt'}", flush=True)
     print(f"total {time.time() - started:.0f} s\n", flush=True)
     print_table(verdict)
