@@ -43,3 +43,40 @@ def test_smoke_run_prints_every_line() -> None:
     missing = [label for label in EXPECTED_LINES if not any(text.startswith(label) for text in printed)]
     assert not missing, f"lines not printed: {missing}\nstdout:\n{run.stdout}"
     assert "not measured" not in run.stdout, "NATS (the bench extra) is installed with the test extra"
+
+
+CHAOS_SOAK = BENCHMARK.parent / "chaos_soak.py"
+CHAOS_SOAK_LINES = [
+    "EasyRemote chaos soak: transport grpc, 0.3 min, seed 3",
+    "settings: ",
+    "figure ",
+    "calls made ",
+    "succeeded ",
+    "failed: non-idempotent, node killed meanwhile (honest) ",
+    "hung (no answer within ",
+    "ran twice (a token twice in the node logs) ",
+    "lost idempotent calls (failed) ",
+    "falsely reported failed, node survived ",
+    "failed while at least one gateway was up ",
+    "succeeded without one logged run ",
+    "fault: gateway SIGKILLed, restarted ",
+    "fault: gateway SIGSTOPped, SIGCONTed ",
+    "fault: node SIGKILLed, restarted ",
+    "fault: node SIGSTOPped, SIGCONTed ",
+    "fault: node-gateway link black-holed < ",
+    "fault: node-gateway link black-holed > ",
+    "fault: both gateways down at once ",
+]
+
+
+@pytest.mark.timeout(150)
+def test_chaos_soak_short_run_prints_every_line(tmp_path: Path) -> None:
+    """A short soak (no --check: its figures after 18 s of faults are not the point) prints its whole table."""
+    run = subprocess.run(
+        [sys.executable, str(CHAOS_SOAK), "--minutes", "0.3", "--seed", "3", "--log-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=140, cwd=BENCHMARK.parents[1],
+    )
+    assert run.returncode == 0, f"stdout:\n{run.stdout}\nstderr:\n{run.stderr}"
+    printed = run.stdout.splitlines()
+    missing = [label for label in CHAOS_SOAK_LINES if not any(text.startswith(label) for text in printed)]
+    assert not missing, f"lines not printed: {missing}\nstdout:\n{run.stdout}"
