@@ -103,6 +103,7 @@ class _Execution:
     owner: bytes = b""  # whose call it is (CallRequest.owner): only they may ask for it again
     kept: bool = False  # it must not run twice: its answer is kept for result_retention
     deadline: float | None = None  # when its caller stops waiting (the loop's clock)
+    answered: bool = False  # its last answer was given (and kept, when it is kept)
     abandon: anyio.CancelScope | None = None  # while its link is lost: the wait for its caller's deadline
     scope: anyio.CancelScope | None = None  # not asyncio: its deadline is the call's timeout
     task: asyncio.Task[Any] | None = None  # asyncio: the task running the call, once it started
@@ -612,6 +613,7 @@ class ComputeNode:
     def _answer(self, call_id: str, execution: _Execution, envelope: pb.Envelope,
                 attachment: Attachment | None = None) -> None:
         """A call's last answer: kept if it must not run twice, and sent where the call's answers go now."""
+        execution.answered = True
         if execution.kept and self.result_retention > 0:
             self._kept.keep(call_id, execution.owner, envelope, attachment)
             if self._expiry is None and self._loop is not None:
@@ -663,6 +665,11 @@ class ComputeNode:
                     call_id, ErrorCode.CODE_TIMEOUT, f"{entry.name} did not finish within {timeout:g} s and was "
                     "cancelled", node_id=self.node_id))
         finally:
+            if execution.kept and not execution.answered and self.result_retention > 0:
+                # Cancelled part-way: it may have done its work. Asked for again, it is not run again.
+                self._kept.keep(call_id, execution.owner, error_frame(
+                    call_id, ErrorCode.CODE_CANCELLED, f"call {call_id} of {entry.name} was cancelled on node "
+                    f"{self.node_id} while it ran; it may or may not have run", node_id=self.node_id), None)
             self._active_executions.pop(call_id, None)
             if execution.abandon is not None:
                 execution.abandon.cancel()
