@@ -104,6 +104,9 @@ class _Execution:
     kept: bool = False  # it must not run twice: its answer is kept for result_retention
     deadline: float | None = None  # when its caller stops waiting (the loop's clock)
     answered: bool = False  # its last answer was given (and kept, when it is kept)
+    #: Another link the call was sent on while ``link`` still looked alive: its answers go there
+    #: if ``link`` turns out lost (the node may notice a dead gateway after the call is asked again).
+    fallback: Link | None = None
     abandon: anyio.CancelScope | None = None  # while its link is lost: the wait for its caller's deadline
     scope: anyio.CancelScope | None = None  # not asyncio: its deadline is the call's timeout
     task: asyncio.Task[Any] | None = None  # asyncio: the task running the call, once it started
@@ -491,7 +494,13 @@ class ComputeNode:
         """Calls that came on ``link`` go on where they can be asked for again; streams end."""
         self._last_error = reason
         for call_id, execution in list(self._active_executions.items()):
+            if execution.fallback is link:
+                execution.fallback = None
             if execution.link is not link:
+                continue
+            fallback, execution.fallback = execution.fallback, None
+            if fallback is not None and not fallback.ended.is_set():
+                execution.link = fallback  # asked again through a gateway that is still there
                 continue
             execution.link = None
             if self._functions.get(execution.function, _STREAMING).streaming:
@@ -602,8 +611,11 @@ class ComputeNode:
                                   f"call {request.call_id[:64]} belongs to another caller", node_id=self.node_id))
             return
         current = execution.link
-        if current is link or (current is not None and not current.ended.is_set() and not request.resume):
-            return  # the same call again, or a late copy from a gateway it has left: it runs once
+        if current is link:
+            return  # the same call again
+        if current is not None and not current.ended.is_set() and not request.resume:
+            execution.fallback = link  # it runs once; its answers go there if `current` is lost
+            return
         if self._functions.get(execution.function, _STREAMING).streaming:
             return  # a stream goes on only where it started
         execution.link = link
