@@ -53,6 +53,14 @@ async def _all_linked(peer: Any) -> None:
         await gateways.wait_changed()
 
 
+def _returned_once(outcome: dict[str, Any], charges: Charges) -> None:
+    """The call returned its result, with no error, within 1 s of its one run finishing."""
+    assert "error" not in outcome, outcome
+    assert outcome["value"] == "charged 7"
+    assert charges.runs == 1
+    assert charges.finished_at is not None and outcome["at"] - charges.finished_at < 1.0
+
+
 async def _call(client: AsyncClient, outcome: dict[str, Any]) -> None:
     try:
         outcome["value"] = await client.execute("charge", 7)
@@ -79,10 +87,7 @@ async def test_a_call_returns_through_the_other_gateway_when_its_gateway_is_kill
                 assert carrying is not None
                 gateway = first if str(carrying.address) == first.address else second
                 await in_thread(gateway.kill)  # SIGKILL: its call table dies with it
-        assert "error" not in outcome, outcome
-        assert outcome["value"] == "charged 7"
-        assert charges.runs == 1
-        assert charges.finished_at is not None and outcome["at"] - charges.finished_at < 1.0
+        _returned_once(outcome, charges)
 
 
 @pytest.mark.parametrize("transport", ["grpc", "tcp"])
@@ -100,10 +105,7 @@ async def test_a_call_returns_after_its_only_gateway_restarts(transport: str) ->
                     with anyio.fail_after(10):
                         await charges.running.wait()
                 await in_thread(gateway.restart)  # SIGKILL, then a fresh gateway on the same port
-        assert "error" not in outcome, outcome
-        assert outcome["value"] == "charged 7"
-        assert charges.runs == 1
-        assert charges.finished_at is not None and outcome["at"] - charges.finished_at < 1.0
+        _returned_once(outcome, charges)
 
 
 NODE = """
@@ -163,10 +165,7 @@ async def test_a_call_waits_for_its_node_when_the_node_went_silent(transport: st
                     path.blackhole()  # both ends time out: the gateway after 1 s, the node after 2 s
                     await anyio.sleep(2.5)
                     path.heal()
-        assert "error" not in outcome, outcome
-        assert outcome["value"] == "charged 7"
-        assert charges.runs == 1
-        assert charges.finished_at is not None and outcome["at"] - charges.finished_at < 1.0
+        _returned_once(outcome, charges)
 
 
 @pytest.mark.parametrize("transport", ["grpc", "tcp"])
