@@ -178,9 +178,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     level = (logging.WARNING if options.quiet or (not chatty and not options.verbose)
              else logging.DEBUG if options.verbose > 1 else logging.INFO)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    client_logs = logging.getLogger("easyremote.client")
+    client_level = client_logs.level
     if not chatty and not options.verbose:
         # Each failed attempt of a one-shot command is logged; the one line printed at the end says why.
-        logging.getLogger("easyremote.client").setLevel(logging.CRITICAL)
+        client_logs.setLevel(logging.CRITICAL)
+    try:
+        return _run(options)
+    finally:
+        client_logs.setLevel(client_level)  # main() called in-process leaves the caller's logging as it was
+
+
+def _run(options: argparse.Namespace) -> int:
     try:
         return _COMMANDS[options.command](options)
     except KeyboardInterrupt:

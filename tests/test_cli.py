@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -211,6 +212,16 @@ def test_token_new_makes_credentials_a_gateway_enforces(tmp_path) -> None:
 def test_token_new_refuses_a_node_id_for_a_client() -> None:
     result = easyremote("token", "new", "--role", "client", "--node-id", "x")
     assert result.returncode == 1 and "--node-id means nothing for role client" in result.stderr
+
+
+def test_main_called_in_process_leaves_the_callers_logging_as_it_was(capsys) -> None:
+    from easyremote._cli import main
+
+    client_logs = logging.getLogger("easyremote.client")
+    before = client_logs.level
+    assert main(["token", "new", "--role", "client"]) == 0  # a one-shot command quiets its retries
+    assert "secret:" in capsys.readouterr().out
+    assert client_logs.level == before
 
 
 FUNCTIONS = """

@@ -6,6 +6,7 @@ The API is synchronous so that sync tests and benchmarks can use it; every wait 
 from __future__ import annotations
 
 import os
+import random
 import select
 import signal
 import socket
@@ -29,11 +30,40 @@ class ProcessExitedError(RuntimeError):
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that nothing listens on right now (bound, read and released)."""
+    """A TCP port that nothing is bound to right now, below the kernel's ephemeral range.
+
+    Ports the kernel picks for ``bind(0)`` are also the ones it gives outgoing connections and
+    other processes asking for a free port: a gateway killed and restarted on such a port can
+    find it taken in between, by another test's gateway or by some client's source port. Ports
+    below the range are only ever taken by someone asking for that very port."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
+    low = _ephemeral_low()
+    for _ in range(200):
+        port = _random.randrange(10_000, low)
+        if port in _handed_out:
+            continue
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    with socket.socket(family, socket.SOCK_STREAM) as sock:  # a crowded machine: any port will do
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+_random = random.Random()
+_handed_out: set[int] = set()
+
+
+def _ephemeral_low() -> int:
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32_768
+    return max(low, 12_000)
 
 
 def _format_address(host: str, port: int) -> str:

@@ -128,16 +128,29 @@ class LogTimeline(logging.Handler):
     def first(self, text: str, after: float = float("-inf"), logger: str = "easyremote.node") -> float | None:
         return next((when for when, line in self.lines(logger, after) if text in line), None)
 
-    async def wait_for(self, text: str, after: float = float("-inf"), logger: str = "easyremote.node") -> float:
-        while (when := self.first(text, after, logger)) is None:
-            await self._changed.wait()
+    async def wait_for(self, text: str, after: float = float("-inf"), logger: str = "easyremote.node",
+                       *, within: float = 30.0) -> float:
+        """When ``text`` was first logged after ``after``; fails after ``within`` seconds, showing
+        what ``logger`` did log, so that a missing line is a readable failure, not a hung test."""
+        with self._bounded(within, text, after, logger):
+            while (when := self.first(text, after, logger)) is None:
+                await self._changed.wait()
         return when
 
     async def wait_for_count(self, text: str, count: int, after: float = float("-inf"),
-                             logger: str = "easyremote.node") -> None:
+                             logger: str = "easyremote.node", *, within: float = 30.0) -> None:
         """Until ``count`` lines containing ``text`` were logged after ``after``."""
-        while sum(text in line for _, line in self.lines(logger, after)) < count:
-            await self._changed.wait()
+        with self._bounded(within, f"{count} × {text}", after, logger):
+            while sum(text in line for _, line in self.lines(logger, after)) < count:
+                await self._changed.wait()
+
+    @contextmanager
+    def _bounded(self, within: float, wanted: str, after: float, logger: str) -> Iterator[None]:
+        with anyio.move_on_after(within) as scope:
+            yield
+        if scope.cancelled_caught:
+            logged = "\n  ".join(line for _, line in self.lines(logger, after)[-20:]) or "(nothing)"
+            raise AssertionError(f"{logger} did not log {wanted!r} within {within} s; it logged:\n  {logged}")
 
 
 @pytest.fixture
