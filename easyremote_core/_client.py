@@ -38,7 +38,16 @@ from ._link import Link
 from ._node import ENVELOPE_OVERHEAD, TOKEN_ENV
 from ._plugins import PluginManager, get_plugin_manager
 from ._probes import HealthProbe
-from ._protocol import Attachment, dump_arguments, error_from_frame, load_value, payload_of, pb, split_payload
+from ._protocol import (
+    Attachment,
+    ErrorCode,
+    dump_arguments,
+    error_from_frame,
+    load_value,
+    payload_of,
+    pb,
+    split_payload,
+)
 from ._retry import RetryPolicy
 from ._supervisor import ConnectionState, ConnectionSupervisor, StateCallback
 from ._transport import DEFAULT_MAX_MESSAGE_SIZE, TLSConfig, Transport
@@ -386,6 +395,16 @@ class AsyncClient:
                 return supervisor.link
         return None
 
+    def _other_ready_link(self, link: Link | None) -> Link | None:
+        """A ready link to a gateway other than the one ``link`` goes to."""
+        gateways = self._supervisor
+        if gateways is None:
+            return None
+        for supervisor in gateways.supervisors:
+            if supervisor.state is ConnectionState.READY and supervisor.link not in (None, link):
+                return supervisor.link
+        return None
+
     @property
     def _where(self) -> str:
         if len(self.addresses) == 1:
@@ -482,6 +501,7 @@ class _RemoteCall:
         self._items = 0
         self.answered = False  # a final answer (result, error or end of stream) arrived
         self.finished = False
+        self._lost: tuple[pb.Envelope, Attachment | None] | None = None  # one gateway's NodeLost, checked elsewhere
 
     async def next_answer(self) -> tuple[pb.Envelope, Attachment | None]:
         """The next answer frame; raises ``CallTimeoutError`` or ``GatewayUnavailableError`` at the deadline."""
@@ -522,11 +542,36 @@ class _RemoteCall:
                     return _TIMED_OUT
                 continue
             kind = answer[0].WhichOneof("body")
+            if kind == "error":
+                code = answer[0].error.code
+                if self._lost is not None and code in (ErrorCode.CODE_NODE_LOST, ErrorCode.CODE_UNKNOWN_CALL):
+                    answer = self._lost  # not there either: what the first gateway said stands
+                elif code == ErrorCode.CODE_NODE_LOST and self._lost is None and self._ask_elsewhere():
+                    self._lost = answer
+                    continue
             if kind == "item":
                 self._items += 1
             else:
                 self.answered = True
             return answer
+
+    def _ask_elsewhere(self) -> bool:
+        """A gateway lost its link to the node running this call, which must not run twice. The
+        node may live on, linked to another gateway: if one is ready, ask through it whether that
+        node's same run is there (it attaches the call or answers it again) before giving up."""
+        pending = self._pending
+        assert pending is not None and self._deadline is not None
+        if pending.routed is None or self._request.streaming or self._items:
+            return False
+        client = self._client
+        link = client._other_ready_link(pending.link)
+        if link is None:
+            return False
+        logger.info("Call %s of %r was lost with node %s at one gateway; asking another whether the node "
+                    "is linked there", self._request.call_id, self._request.function, pending.routed.node_id)
+        self._request.only_if_here = True
+        client._send(pending, link, max(self._deadline - client._now(), 0.001))
+        return True
 
     async def _dispatch(self) -> bool:
         """Send the call once a link is ready; ``False`` if none is by the deadline."""

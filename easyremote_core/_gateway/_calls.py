@@ -150,6 +150,11 @@ class CallTable:
                 "it may or may not have run", node_id=request.node_id))
         elif node is not None and node.ready and request.function in node.functions:
             self._send(call, node)
+        elif request.only_if_here:  # the caller already heard it was lost; it asks whether it lives here
+            self.finish(call, error_frame(
+                request.call_id, ErrorCode.CODE_NODE_LOST,
+                f"node {request.node_id}, which took call {request.call_id} of {request.function!r}, is not "
+                "linked to this gateway either; it may or may not have run", node_id=request.node_id))
         else:
             self._spawn(self._wait_for_node, call)
 

@@ -110,7 +110,7 @@ class Registered(_message.Message):
     def __init__(self, functions: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CallRequest(_message.Message):
-    __slots__ = ("call_id", "function", "payload", "node_id", "timeout", "streaming", "attempt", "owner", "resume", "incarnation", "served_before", "only_if_known", "after_asking")
+    __slots__ = ("call_id", "function", "payload", "node_id", "timeout", "streaming", "attempt", "owner", "resume", "incarnation", "served_before", "only_if_known", "after_asking", "only_if_here")
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
     FUNCTION_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
@@ -124,6 +124,7 @@ class CallRequest(_message.Message):
     SERVED_BEFORE_FIELD_NUMBER: _ClassVar[int]
     ONLY_IF_KNOWN_FIELD_NUMBER: _ClassVar[int]
     AFTER_ASKING_FIELD_NUMBER: _ClassVar[int]
+    ONLY_IF_HERE_FIELD_NUMBER: _ClassVar[int]
     call_id: str
     function: str
     payload: bytes
@@ -137,7 +138,8 @@ class CallRequest(_message.Message):
     served_before: bool
     only_if_known: bool
     after_asking: bool
-    def __init__(self, call_id: _Optional[str] = ..., function: _Optional[str] = ..., payload: _Optional[bytes] = ..., node_id: _Optional[str] = ..., timeout: _Optional[float] = ..., streaming: _Optional[bool] = ..., attempt: _Optional[int] = ..., owner: _Optional[bytes] = ..., resume: _Optional[bool] = ..., incarnation: _Optional[bytes] = ..., served_before: _Optional[bool] = ..., only_if_known: _Optional[bool] = ..., after_asking: _Optional[bool] = ...) -> None: ...
+    only_if_here: bool
+    def __init__(self, call_id: _Optional[str] = ..., function: _Optional[str] = ..., payload: _Optional[bytes] = ..., node_id: _Optional[str] = ..., timeout: _Optional[float] = ..., streaming: _Optional[bool] = ..., attempt: _Optional[int] = ..., owner: _Optional[bytes] = ..., resume: _Optional[bool] = ..., incarnation: _Optional[bytes] = ..., served_before: _Optional[bool] = ..., only_if_known: _Optional[bool] = ..., after_asking: _Optional[bool] = ..., only_if_here: _Optional[bool] = ...) -> None: ...
 
 class Routed(_message.Message):
     __slots__ = ("call_id", "node_id", "incarnation")

@@ -169,6 +169,30 @@ async def test_a_call_waits_for_its_node_when_the_node_went_silent(transport: st
 
 
 @pytest.mark.parametrize("transport", ["grpc", "tcp"])
+async def test_a_call_whose_node_link_is_reset_returns_through_the_gateway_the_node_still_has(
+        transport: str) -> None:
+    """The node's link to the carrying gateway is reset (a proxy's RST, as when a black hole heals
+    after the node gave up on the link): that gateway says the call was lost, but the node lives,
+    linked to the other gateway; asked there, it gives the call's answer, from its one run."""
+    with gateway_process(transport) as first, gateway_process(transport) as second:
+        async with ChaosProxy(first.port) as path:
+            charges = Charges()
+            node_addresses = f"{transport}://{path.address},{transport}://{second.address}"
+            addresses = f"{transport}://{first.address},{transport}://{second.address}"
+            async with charges.node(node_addresses) as node, AsyncClient(addresses, timeout=30, **FAST) as client:
+                await _all_linked(node)
+                await _all_linked(client)
+                assert client._ready_link() is not None and str(client._current.address) == first.address
+                outcome: dict[str, Any] = {}
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(_call, client, outcome)
+                    with anyio.fail_after(10):
+                        await charges.running.wait()
+                    await path.reset()  # the first gateway sees the node's link close, not go silent
+        _returned_once(outcome, charges)
+
+
+@pytest.mark.parametrize("transport", ["grpc", "tcp"])
 async def test_a_call_sent_into_a_frozen_gateway_runs_once_through_the_other(transport: str) -> None:
     """The client's gateway freezes (SIGSTOP) just before the call: it never routes it, and the client
     never hears where it went. Asked again through the other gateway, the nodes there are asked
