@@ -325,8 +325,8 @@ class CallTable:
         else they fail with NodeLost."""
         current = self.registry.nodes.get(node.node_id)
         may_live = bool(node.incarnation) and (
-            reason == HEARTBEAT_TIMEOUT or (current is not None and current is not node
-                                            and current.incarnation == node.incarnation))
+            reason == HEARTBEAT_TIMEOUT or _silent_before_it_closed(node)
+            or (current is not None and current is not node and current.incarnation == node.incarnation))
         for call in list(node.calls.values()):
             node.calls.pop(call.request.call_id, None)
             call.node = None
@@ -445,3 +445,16 @@ def _same_owner(call: Call, client: Peer) -> bool:
     """Whether ``client`` is the caller of ``call``: the same client key and the same credential."""
     key, credential = call.owner
     return hmac.compare_digest(key, client.key) and credential == client.credential
+
+
+#: A link is silent once it missed its peer's heartbeats for this many intervals.
+SILENT_INTERVALS = 1.25
+
+
+def _silent_before_it_closed(node: NodeSession) -> bool:
+    """Whether the node's link had gone quiet before it closed: a node that dies closes its link
+    within a heartbeat interval of its last frame, while a link that closes after a silence (a
+    black hole that healed once the node had given up on it, and reset it) says nothing about
+    whether the node lives; it is treated as a silent link."""
+    health = node.link.health
+    return anyio.current_time() - health.last_received > SILENT_INTERVALS * health.heartbeat_interval

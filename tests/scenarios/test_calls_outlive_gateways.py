@@ -193,6 +193,31 @@ async def test_a_call_whose_node_link_is_reset_returns_through_the_gateway_the_n
 
 
 @pytest.mark.parametrize("transport", ["grpc", "tcp"])
+async def test_a_call_waits_for_its_node_when_the_link_closed_after_a_silence(transport: str) -> None:
+    """The node's link goes quiet for two heartbeat intervals, less than any heartbeat timeout, then
+    is reset (a short black hole that healed, and the proxy could not mend the stream): the only
+    gateway cannot tell this from a death by the close, but it can by the silence before it. It
+    waits for the node's same run, which comes back and answers from its one run."""
+    with gateway_process(transport) as gateway:
+        async with ChaosProxy(gateway.port) as path:
+            charges = Charges()
+            async with charges.node(f"{transport}://{path.address}") as node, \
+                    AsyncClient(f"{transport}://{gateway.address}", timeout=30, **FAST) as client:
+                await node.wait_ready()
+                await client.wait_ready()
+                outcome: dict[str, Any] = {}
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(_call, client, outcome)
+                    with anyio.fail_after(10):
+                        await charges.running.wait()
+                    path.blackhole()
+                    await anyio.sleep(2 * FAST["heartbeat_interval"])
+                    await path.reset()
+                    path.heal()
+        _returned_once(outcome, charges)
+
+
+@pytest.mark.parametrize("transport", ["grpc", "tcp"])
 async def test_a_call_sent_into_a_frozen_gateway_runs_once_through_the_other(transport: str) -> None:
     """The client's gateway freezes (SIGSTOP) just before the call: it never routes it, and the client
     never hears where it went. Asked again through the other gateway, the nodes there are asked
