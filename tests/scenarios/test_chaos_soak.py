@@ -1,8 +1,8 @@
 """Half a minute of the chaos soak (benchmarks/chaos_soak.py) on each transport: two gateways, three
-nodes, gateways and nodes killed, frozen and black-holed while clients call. Asserted here: nothing
-hung, nothing ran twice, no idempotent call lost, and every success was one logged run. The soak's
-two other targets (no non-idempotent call falsely reported failed while its node survived, none
-failed while a gateway was up) are printed by it and not met yet: see benchmarks/README.md."""
+nodes, gateways and nodes killed, frozen and black-holed while clients call. Asserted here: every
+target the soak prints — nothing hung, nothing ran twice, no idempotent call lost, every success
+one logged run, no non-idempotent call reported failed while its node survived, and none failed
+while a gateway was up."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ import pytest
 
 CHAOS_SOAK = Path(__file__).resolve().parents[2] / "benchmarks" / "chaos_soak.py"
 GUARANTEES = ("hung (no answer within", "ran twice (a token twice in the node logs)",
-              "lost idempotent calls (failed)", "succeeded without one logged run")
+              "lost idempotent calls (failed)", "succeeded without one logged run",
+              "falsely reported failed, node survived", "failed while at least one gateway was up")
 
 
 def _count(table: str, label: str) -> int:
@@ -26,7 +27,7 @@ def _count(table: str, label: str) -> int:
 @pytest.mark.soak  # both cores for 80 s: timing tests running beside it in the default run fail
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("transport", ["grpc", "tcp"])
-def test_half_a_minute_of_chaos_keeps_the_guarantees(transport: str, tmp_path: Path) -> None:
+def test_half_a_minute_of_chaos_meets_every_target(transport: str, tmp_path: Path) -> None:
     run = subprocess.run(
         [sys.executable, str(CHAOS_SOAK), "--minutes", "0.5", "--seed", "11", "--transport", transport,
          "--log-dir", str(tmp_path)],
