@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -145,12 +146,11 @@ async def test_when_the_node_itself_dies_the_caller_hears_it_may_or_may_not_have
         assert outcome["at"] - killed < 1.0
 
 
-@pytest.mark.parametrize("transport", ["grpc", "tcp"])
-async def test_a_call_waits_for_its_node_when_the_node_went_silent(transport: str) -> None:
-    """The node's link goes silent (a black hole, not a death): the gateway declares it lost at its
-    heartbeat timeout, but the node may still be running the call; it waits for the node's same run
-    to come back and takes the answer from it."""
-    with gateway_process(transport, heartbeat_timeout=1.0) as gateway:
+async def _a_call_through_a_faulty_path(transport: str, fault: Callable[[ChaosProxy], Awaitable[None]],
+                                       heartbeat_timeout: float = 2.0) -> None:
+    """A non-idempotent call on a node that reaches the only gateway through a proxy, ``fault``
+    applied to the proxy while the call runs: it returns, from its one run, with no error."""
+    with gateway_process(transport, heartbeat_timeout=heartbeat_timeout) as gateway:
         async with ChaosProxy(gateway.port) as path:
             charges = Charges()
             async with charges.node(f"{transport}://{path.address}") as node, \
@@ -162,10 +162,22 @@ async def test_a_call_waits_for_its_node_when_the_node_went_silent(transport: st
                     tg.start_soon(_call, client, outcome)
                     with anyio.fail_after(10):
                         await charges.running.wait()
-                    path.blackhole()  # both ends time out: the gateway after 1 s, the node after 2 s
-                    await anyio.sleep(2.5)
-                    path.heal()
+                    await fault(path)
         _returned_once(outcome, charges)
+
+
+@pytest.mark.parametrize("transport", ["grpc", "tcp"])
+async def test_a_call_waits_for_its_node_when_the_node_went_silent(transport: str) -> None:
+    """The node's link goes silent (a black hole, not a death): the gateway declares it lost at its
+    heartbeat timeout, but the node may still be running the call; it waits for the node's same run
+    to come back and takes the answer from it."""
+
+    async def silence(path: ChaosProxy) -> None:
+        path.blackhole()  # both ends time out: the gateway after 1 s, the node after 2 s
+        await anyio.sleep(2.5)
+        path.heal()
+
+    await _a_call_through_a_faulty_path(transport, silence, heartbeat_timeout=1.0)
 
 
 @pytest.mark.parametrize("transport", ["grpc", "tcp"])
@@ -198,23 +210,14 @@ async def test_a_call_waits_for_its_node_when_the_link_closed_after_a_silence(tr
     is reset (a short black hole that healed, and the proxy could not mend the stream): the only
     gateway cannot tell this from a death by the close, but it can by the silence before it. It
     waits for the node's same run, which comes back and answers from its one run."""
-    with gateway_process(transport) as gateway:
-        async with ChaosProxy(gateway.port) as path:
-            charges = Charges()
-            async with charges.node(f"{transport}://{path.address}") as node, \
-                    AsyncClient(f"{transport}://{gateway.address}", timeout=30, **FAST) as client:
-                await node.wait_ready()
-                await client.wait_ready()
-                outcome: dict[str, Any] = {}
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(_call, client, outcome)
-                    with anyio.fail_after(10):
-                        await charges.running.wait()
-                    path.blackhole()
-                    await anyio.sleep(2 * FAST["heartbeat_interval"])
-                    await path.reset()
-                    path.heal()
-        _returned_once(outcome, charges)
+
+    async def quiet_then_reset(path: ChaosProxy) -> None:
+        path.blackhole()
+        await anyio.sleep(2 * FAST["heartbeat_interval"])
+        await path.reset()
+        path.heal()
+
+    await _a_call_through_a_faulty_path(transport, quiet_then_reset)
 
 
 @pytest.mark.parametrize("transport", ["grpc", "tcp"])
