@@ -569,8 +569,11 @@ class ComputeNode:
             link.send(error_frame(call_id, ErrorCode.CODE_UNKNOWN_CALL, f"node {self.node_id} never received "
                                   f"call {call_id}", node_id=self.node_id))
             return
-        if request.resume and (request.incarnation != self._incarnation or self._kept.forgot_recently()):
+        if request.resume and (request.incarnation != self._incarnation or self._kept.forgot_recently()
+                               or self.result_retention <= 0):
             why = (f"node {self.node_id} has restarted since" if request.incarnation != self._incarnation else
+                   f"node {self.node_id} keeps no answers (result_retention=0), so it cannot tell whether it "
+                   "finished it" if self.result_retention <= 0 else
                    f"node {self.node_id} kept more answers than max_retained_bytes and dropped some")
             link.send(error_frame(call_id, ErrorCode.CODE_NODE_LOST,
                                   f"call {call_id} of {request.function!r} may or may not have run: {why}",

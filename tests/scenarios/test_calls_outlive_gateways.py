@@ -33,8 +33,8 @@ class Charges:
         self.finished_at: float | None = None  # wall clock
         self.running = anyio.Event()
 
-    def node(self, address: str, node_id: str = "charging-node") -> ComputeNode:
-        node = ComputeNode(address, node_id, **FAST)
+    def node(self, address: str, node_id: str = "charging-node", **options: Any) -> ComputeNode:
+        node = ComputeNode(address, node_id, **{**FAST, **options})
 
         @node.register
         async def charge(amount: int) -> str:
@@ -107,6 +107,32 @@ async def test_a_call_returns_after_its_only_gateway_restarts(transport: str) ->
                         await charges.running.wait()
                 await in_thread(gateway.restart)  # SIGKILL, then a fresh gateway on the same port
         _returned_once(outcome, charges)
+
+
+@pytest.mark.parametrize("transport", ["grpc", "tcp"])
+async def test_a_node_that_keeps_no_answers_does_not_run_a_finished_call_again(transport: str) -> None:
+    """With result_retention=0 the node keeps no answers: a call that finished while its only
+    gateway was down, asked for again once it is back, cannot be answered and must not run again;
+    the caller hears it may or may not have run."""
+    with gateway_process(transport) as gateway:
+        address = f"{transport}://{gateway.address}"
+        charges = Charges()
+        async with charges.node(address, result_retention=0) as node, \
+                AsyncClient(address, timeout=30, **FAST) as client:
+            await node.wait_ready()
+            await client.wait_ready()
+            outcome: dict[str, Any] = {}
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_call, client, outcome)
+                with anyio.fail_after(10):
+                    await charges.running.wait()
+                await in_thread(gateway.kill)
+                await anyio.sleep(CALL_SECONDS + 0.5)  # it finished with nobody to answer to
+                assert charges.finished_at is not None
+                await in_thread(gateway.start)
+        assert isinstance(outcome.get("error"), NodeLostError), outcome
+        assert "result_retention=0" in str(outcome["error"])
+        assert charges.runs == 1
 
 
 NODE = """
