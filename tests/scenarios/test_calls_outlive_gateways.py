@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
+import anyio.abc
 import pytest
 
 from easyremote import AsyncClient, ComputeNode
@@ -62,6 +63,15 @@ def _returned_once(outcome: dict[str, Any], charges: Charges) -> None:
     assert charges.finished_at is not None and outcome["at"] - charges.finished_at < 1.0
 
 
+async def _running(tg: anyio.abc.TaskGroup, client: AsyncClient, charges: Charges) -> dict[str, Any]:
+    """charge(7) started in ``tg``, once the function runs; its outcome is filled in when it ends."""
+    outcome: dict[str, Any] = {}
+    tg.start_soon(_call, client, outcome)
+    with anyio.fail_after(10):
+        await charges.running.wait()
+    return outcome
+
+
 async def _call(client: AsyncClient, outcome: dict[str, Any]) -> None:
     try:
         outcome["value"] = await client.execute("charge", 7)
@@ -78,12 +88,8 @@ async def test_a_call_returns_through_the_other_gateway_when_its_gateway_is_kill
         async with charges.node(addresses) as node, AsyncClient(addresses, timeout=30, **FAST) as client:
             await _all_linked(node)
             await _all_linked(client)
-            outcome: dict[str, Any] = {}
             async with anyio.create_task_group() as tg:
-                tg.start_soon(_call, client, outcome)
-                with anyio.fail_after(10):
-                    with anyio.fail_after(10):
-                        await charges.running.wait()
+                outcome = await _running(tg, client, charges)
                 carrying = client._current
                 assert carrying is not None
                 gateway = first if str(carrying.address) == first.address else second
@@ -99,12 +105,8 @@ async def test_a_call_returns_after_its_only_gateway_restarts(transport: str) ->
         async with charges.node(address) as node, AsyncClient(address, timeout=30, **FAST) as client:
             await node.wait_ready()
             await client.wait_ready()
-            outcome: dict[str, Any] = {}
             async with anyio.create_task_group() as tg:
-                tg.start_soon(_call, client, outcome)
-                with anyio.fail_after(10):
-                    with anyio.fail_after(10):
-                        await charges.running.wait()
+                outcome = await _running(tg, client, charges)
                 await in_thread(gateway.restart)  # SIGKILL, then a fresh gateway on the same port
         _returned_once(outcome, charges)
 
@@ -121,11 +123,8 @@ async def test_a_node_that_keeps_no_answers_does_not_run_a_finished_call_again(t
                 AsyncClient(address, timeout=30, **FAST) as client:
             await node.wait_ready()
             await client.wait_ready()
-            outcome: dict[str, Any] = {}
             async with anyio.create_task_group() as tg:
-                tg.start_soon(_call, client, outcome)
-                with anyio.fail_after(10):
-                    await charges.running.wait()
+                outcome = await _running(tg, client, charges)
                 await in_thread(gateway.kill)
                 await anyio.sleep(CALL_SECONDS + 0.5)  # it finished with nobody to answer to
                 assert charges.finished_at is not None
@@ -183,11 +182,8 @@ async def _a_call_through_a_faulty_path(transport: str, fault: Callable[[ChaosPr
                     AsyncClient(f"{transport}://{gateway.address}", timeout=30, **FAST) as client:
                 await node.wait_ready()
                 await client.wait_ready()
-                outcome: dict[str, Any] = {}
                 async with anyio.create_task_group() as tg:
-                    tg.start_soon(_call, client, outcome)
-                    with anyio.fail_after(10):
-                        await charges.running.wait()
+                    outcome = await _running(tg, client, charges)
                     await fault(path)
         _returned_once(outcome, charges)
 
@@ -221,11 +217,8 @@ async def test_a_call_whose_node_link_is_reset_returns_through_the_gateway_the_n
                 await _all_linked(node)
                 await _all_linked(client)
                 assert client._ready_link() is not None and str(client._current.address) == first.address
-                outcome: dict[str, Any] = {}
                 async with anyio.create_task_group() as tg:
-                    tg.start_soon(_call, client, outcome)
-                    with anyio.fail_after(10):
-                        await charges.running.wait()
+                    outcome = await _running(tg, client, charges)
                     await path.reset()  # the first gateway sees the node's link close, not go silent
         _returned_once(outcome, charges)
 
