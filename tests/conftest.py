@@ -27,7 +27,6 @@ def _easyremote_debug_logs(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="easyremote")
 
 
-
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Every async test is cancelled on its own event loop a little before pytest-timeout would
     end its worker: it fails with a TimeoutError at the await it was stuck in, and its fixtures

@@ -33,6 +33,7 @@ class Charges:
         self.runs = 0
         self.finished_at: float | None = None  # wall clock
         self.running = anyio.Event()
+        self.finished = anyio.Event()
 
     def node(self, address: str, node_id: str = "charging-node", **options: Any) -> ComputeNode:
         node = ComputeNode(address, node_id, **{**FAST, **options})
@@ -43,6 +44,7 @@ class Charges:
             self.running.set()
             await anyio.sleep(CALL_SECONDS)
             self.finished_at = time.time()
+            self.finished.set()
             return f"charged {amount}"
 
         return node
@@ -126,8 +128,8 @@ async def test_a_node_that_keeps_no_answers_does_not_run_a_finished_call_again(t
             async with anyio.create_task_group() as tg:
                 outcome = await _running(tg, client, charges)
                 await in_thread(gateway.kill)
-                await anyio.sleep(CALL_SECONDS + 0.5)  # it finished with nobody to answer to
-                assert charges.finished_at is not None
+                with anyio.fail_after(CALL_SECONDS + 5):
+                    await charges.finished.wait()  # it finished with nobody to answer to
                 await in_thread(gateway.start)
         assert isinstance(outcome.get("error"), NodeLostError), outcome
         assert "result_retention=0" in str(outcome["error"])
